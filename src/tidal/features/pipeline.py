@@ -1,0 +1,166 @@
+"""The feature pipeline: fitted once, stored as JSON, and run by the same code everywhere.
+
+Training, batch scoring and online serving all call :meth:`FeaturePipeline.transform`
+with a mapping of column name to a sequence of raw values (an Arrow column turned into a
+list or array, or the values of a list of request records), so there is one definition
+of every feature and no training/serving skew. NumPy only; no pandas on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from tidal.errors import DataValidationError
+from tidal.spec import Spec
+
+FORMAT_VERSION = 1
+DATETIME_PARTS = ("hour", "dayofweek", "month")
+MAX_CATEGORIES = 1000
+
+
+def _to_datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    if isinstance(value, np.datetime64):
+        if np.isnat(value):
+            return None
+        return datetime.fromtimestamp(value.astype("datetime64[us]").astype(np.int64) / 1e6, tz=timezone.utc)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return None
+
+
+def _datetime_parts(values: Sequence[Any]) -> np.ndarray:
+    out = np.full((len(values), len(DATETIME_PARTS)), np.nan)
+    for i, v in enumerate(values):
+        d = _to_datetime(v)
+        if d is not None:
+            d = d.astimezone(timezone.utc)
+            out[i] = (d.hour, d.weekday(), d.month)
+    return out
+
+
+def _category_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class FeaturePipeline:
+    """Turns raw columns into the model's float matrix. Fit on training rows, then frozen."""
+
+    def __init__(self, *, features: Mapping[str, str], vocabularies: Mapping[str, list[str]] | None = None) -> None:
+        self.features = dict(features)  # name -> type
+        self.vocabularies = {k: list(v) for k, v in (vocabularies or {}).items()}
+        self._codes = {k: {c: i for i, c in enumerate(v)} for k, v in self.vocabularies.items()}
+
+    @classmethod
+    def from_spec(cls, spec: Spec) -> "FeaturePipeline":
+        return cls(features={name: f.type for name, f in spec.features.items()})
+
+    # fitting ---------------------------------------------------------------------------
+    def fit(self, columns: Mapping[str, Sequence[Any]]) -> "FeaturePipeline":
+        """Learn the category vocabularies (most frequent first) from training columns."""
+        vocab = {}
+        for name, kind in self.features.items():
+            if kind == "categorical":
+                counts = Counter(t for t in map(_category_text, columns[name]) if t is not None)
+                vocab[name] = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:MAX_CATEGORIES]
+        return FeaturePipeline(features=self.features, vocabularies=vocab)
+
+    @property
+    def output_names(self) -> list[str]:
+        names = []
+        for name, kind in self.features.items():
+            if kind == "datetime":
+                names += [f"{name}__{part}" for part in DATETIME_PARTS]
+            else:
+                names.append(name)
+        return names
+
+    @property
+    def categorical_indices(self) -> list[int]:
+        out, i = [], 0
+        for kind in self.features.values():
+            if kind == "categorical":
+                out.append(i)
+            i += len(DATETIME_PARTS) if kind == "datetime" else 1
+        return out
+
+    # transforming ----------------------------------------------------------------------
+    def transform(self, columns: Mapping[str, Sequence[Any]], n_rows: int | None = None) -> np.ndarray:
+        """Raw columns -> float64 matrix (rows x output_names). Missing columns are all-null."""
+        if n_rows is None:
+            n_rows = len(next(iter(columns.values()))) if columns else 0
+        blocks = []
+        for name, kind in self.features.items():
+            values = columns.get(name)
+            if values is None:
+                values = [None] * n_rows
+            if kind in ("numeric", "boolean"):
+                try:
+                    col = np.asarray(values, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise DataValidationError(f"feature {name!r} has a value that is not a number") from None
+                blocks.append(col.reshape(-1, 1))
+            elif kind == "categorical":
+                codes = self._codes.get(name, {})
+                unknown = float(len(codes))
+                col = np.fromiter(
+                    (np.nan if t is None else codes.get(t, unknown) for t in map(_category_text, values)),
+                    dtype=np.float64, count=n_rows)
+                blocks.append(col.reshape(-1, 1))
+            else:
+                blocks.append(_datetime_parts(values))
+        return np.hstack(blocks) if blocks else np.empty((n_rows, 0))
+
+    def transform_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The online path: a list of request records, columns gathered without pandas."""
+        cols = {name: [r.get(name) for r in records] for name in self.features}
+        return self.transform(cols, n_rows=len(records))
+
+    def transform_arrow(self, table: Any) -> np.ndarray:
+        """The offline path: an Arrow table, columns handed to the same :meth:`transform`."""
+        cols: dict[str, Sequence[Any]] = {}
+        for name, kind in self.features.items():
+            if name not in table.column_names:
+                continue
+            col = table.column(name)
+            if kind in ("numeric", "boolean"):
+                cols[name] = col.to_numpy(zero_copy_only=False)
+            else:
+                cols[name] = col.to_pylist()
+        return self.transform(cols, n_rows=table.num_rows)
+
+    # storage ---------------------------------------------------------------------------
+    def to_json(self) -> str:
+        # features as an ordered list: the column order of the model's matrix
+        return json.dumps({"format_version": FORMAT_VERSION, "features": [[n, k] for n, k in self.features.items()],
+                           "vocabularies": self.vocabularies, "output_names": self.output_names,
+                           "categorical_indices": self.categorical_indices}, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeaturePipeline":
+        data = json.loads(text)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise DataValidationError(f"unsupported pipeline format {data.get('format_version')!r}")
+        return cls(features={n: k for n, k in data["features"]}, vocabularies=data["vocabularies"])

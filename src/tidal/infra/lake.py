@@ -1,0 +1,56 @@
+"""The lake: Delta Lake tables for accepted rows, quarantined rows, predictions and labels.
+
+A write is one Delta commit, so a reader sees a whole batch or nothing; every commit is a
+table version, so a training set can be rebuilt exactly from the versions a run recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+TABLES = ("events", "quarantine", "predictions", "labels")
+
+
+class Lake:
+    """The workspace's Delta tables, by name."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, table: str) -> str:
+        if table not in TABLES:
+            raise ValueError(f"unknown lake table {table!r}; tables are {', '.join(TABLES)}")
+        return str(self.root / table)
+
+    def exists(self, table: str) -> bool:
+        return (Path(self.path(table)) / "_delta_log").is_dir()
+
+    def append(self, table: str, data: pa.Table, *, commit_info: dict[str, str] | None = None) -> int:
+        """Append ``data`` in one commit and return the new table version."""
+        from deltalake import CommitProperties
+
+        props = CommitProperties(custom_metadata=commit_info) if commit_info else None
+        write_deltalake(self.path(table), data, mode="append", commit_properties=props,
+                        schema_mode="merge")
+        return DeltaTable(self.path(table)).version()
+
+    def version(self, table: str) -> int | None:
+        try:
+            return DeltaTable(self.path(table)).version()
+        except TableNotFoundError:
+            return None
+
+    def read(self, table: str, *, version: int | None = None, columns: list[str] | None = None) -> pa.Table | None:
+        """The table as Arrow (at ``version`` if given), or None when it has no commit yet."""
+        try:
+            dt = DeltaTable(self.path(table), version=version)
+        except TableNotFoundError:
+            return None
+        return dt.to_pyarrow_table(columns=columns)
+
+    def versions(self) -> dict[str, int | None]:
+        return {t: self.version(t) for t in TABLES}

@@ -1,0 +1,288 @@
+"""The HTTP server: FastAPI on uvicorn, a thin face over the predictor, the registry and the lake.
+
+Hot path: bytes -> pydantic (Rust) validation -> pipeline -> LightGBM -> JSON; the prediction
+log is an append to a bounded buffer. Background tasks flush the buffers to the lake and
+swap in a new production model (one reference assignment) without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError as FastAPIValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
+from tidal.infra.workspace import Workspace
+from tidal.registry.registry import Registry
+from tidal.serving.logbuffer import LogBuffer
+from tidal.serving.predictor import Predictor
+from tidal.serving.schema import FeedbackResponse, PredictResponse, feedback_model, record_model
+from tidal.spec import Spec
+
+log = logging.getLogger("tidal.serving")
+
+_ARROW = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_(),
+          "datetime": pa.timestamp("us", tz="UTC")}
+
+
+def prediction_log_schema(spec: Spec) -> pa.Schema:
+    fields = [pa.field("_id", pa.string()), pa.field("_ts", pa.timestamp("us", tz="UTC")),
+              pa.field("_version", pa.int64()), pa.field("_score", pa.float64()),
+              pa.field("_prediction", pa.string()), pa.field("_decision", pa.string())]
+    fields += [pa.field(n, _ARROW[f.type]) for n, f in spec.features.items()]
+    if spec.entity_key and spec.entity_key not in spec.features:
+        fields.append(pa.field(spec.entity_key, pa.string()))
+    return pa.schema(fields)
+
+
+LABEL_SCHEMA = pa.schema([pa.field("_id", pa.string()), pa.field("_label", pa.string()),
+                          pa.field("_ts", pa.timestamp("us", tz="UTC"))])
+
+
+def _problems(exc: ValidationError, prefix: str) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]))
+        out.append(Problem(loc, err["msg"]))
+    return out
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("tidal_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.predictions = Counter("tidal_predictions", "Rows scored", ["model_version"], registry=r)
+        self.latency = Histogram("tidal_predict_seconds", "Time to score one /v1/predict request", registry=r,
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.dropped = Gauge("tidal_log_dropped", "Prediction log rows dropped because the buffer was full", registry=r)
+        self.version = Gauge("tidal_model_version", "Model version in service", registry=r)
+        self.swaps = Counter("tidal_model_swaps", "Hot swaps of the production model", registry=r)
+
+
+class ServerState:
+    """What the server holds: the predictor in service (swapped whole) and the log buffers."""
+
+    def __init__(self, spec: Spec, ws: Workspace) -> None:
+        self.spec = spec
+        self.ws = ws
+        self.predictor: Predictor | None = None
+        self.metrics = _Metrics()
+        self.predictions = LogBuffer(lake=ws.lake, table="predictions", schema=prediction_log_schema(spec),
+                                     capacity=spec.serving.log_buffer_size)
+        self.labels = LogBuffer(lake=ws.lake, table="labels", schema=LABEL_SCHEMA,
+                                capacity=spec.serving.log_buffer_size)
+
+    def load_production(self) -> bool:
+        """Load the production version if it differs from the one in service; True if swapped."""
+        row = self.ws.store.production()
+        if row is None or (self.predictor is not None and self.predictor.version == row["version"]):
+            return False
+        _, bundle = Registry(self.ws).load(row["version"])
+        self.predictor = Predictor(version=row["version"], bundle=bundle)  # atomic swap
+        self.metrics.version.set(row["version"])
+        self.metrics.swaps.inc()
+        log.info("serving model version %s", row["version"])
+        return True
+
+    def flush(self) -> None:
+        for buf in (self.predictions, self.labels):
+            buf.flush()
+        self.metrics.dropped.set(self.predictions.dropped)
+
+
+async def _every(seconds: float, fn: Any) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(fn)
+        except Exception:  # noqa: BLE001 - keep the loop alive; the error is logged
+            log.exception("background task %s failed", getattr(fn, "__name__", fn))
+
+
+def create_app(spec: Spec, ws: Workspace) -> FastAPI:
+    state = ServerState(spec, ws)
+    Record = record_model(spec)
+    Feedback = feedback_model(spec)
+    one_record, many_records = TypeAdapter(Record), TypeAdapter(list[Record])
+    one_feedback, many_feedback = TypeAdapter(Feedback), TypeAdapter(list[Feedback])
+    feature_names = list(spec.features)
+    extra_logged = [spec.entity_key] if spec.entity_key and spec.entity_key not in spec.features else []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        try:
+            await asyncio.to_thread(state.load_production)
+        except TidalError:
+            log.exception("could not load the production model; /readyz reports not ready")
+        tasks = [asyncio.create_task(_every(spec.serving.flush_interval_s, state.flush)),
+                 asyncio.create_task(_every(spec.serving.reload_interval_s, state.load_production))]
+        yield
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(state.flush)  # graceful shutdown: nothing buffered is lost
+
+    app = FastAPI(title=f"tidal: {spec.name}", version="1", lifespan=lifespan,
+                  description=spec.description or f"Predictions of {spec.target}.")
+    app.state.tidal = state
+
+    @app.exception_handler(TidalError)
+    async def _tidal_error(_: Request, exc: TidalError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status_code)
+
+    @app.exception_handler(FastAPIValidationError)
+    async def _validation_error(_: Request, exc: FastAPIValidationError) -> JSONResponse:
+        err = RequestValidationError("the request does not fit the API contract",
+                                     problems=[Problem(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()])
+        return JSONResponse(err.to_body(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse({"error": {"code": "internal_error", "message": "internal error; see the server log"}},
+                            status_code=500)
+
+    def _parse(body: bytes, one: TypeAdapter, many: TypeAdapter, what: str) -> list[Any]:
+        stripped = body.lstrip()
+        if not stripped:
+            raise RequestValidationError(f"empty body; send one {what} object or a JSON array of them")
+        try:
+            if stripped[:1] == b"[":
+                items = many.validate_json(body)
+                if not items:
+                    raise RequestValidationError("the array is empty; send at least one " + what)
+                return items
+            return [one.validate_json(body)]
+        except ValidationError as exc:
+            raise RequestValidationError(f"the {what} does not fit the API contract",
+                                         problems=_problems(exc, "body")) from None
+
+    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": {
+            "oneOf": [{"$ref": f"#/components/schemas/{Record.__name__}"},
+                      {"type": "array", "items": {"$ref": f"#/components/schemas/{Record.__name__}"}}]}}}}})
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        predictor = state.predictor
+        if predictor is None:
+            raise NotReady("no model is in production yet", fix="run `tidal promote latest`")
+        records = [r.__dict__ for r in _parse(await request.body(), one_record, many_records, "record")]
+        scores = predictor.scores(records)
+        preds, probs, decisions = predictor.outputs(scores)
+        now = datetime.now(timezone.utc)
+        out = []
+        for rec, pred, prob, dec, score in zip(records, preds, probs, decisions, scores.tolist()):
+            pid = uuid.uuid4().hex
+            out.append({"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec})
+            row = {"_id": pid, "_ts": now, "_version": predictor.version, "_score": score,
+                   "_prediction": str(pred), "_decision": str(dec)}
+            for name in feature_names:
+                row[name] = rec.get(name)
+            for name in extra_logged:
+                row[name] = rec.get(name)
+            state.predictions.append(row)
+        state.metrics.predictions.labels(str(predictor.version)).inc(len(records))
+        state.metrics.latency.observe(time.perf_counter() - started)
+        return Response(orjson.dumps({"model_version": predictor.version, "predictions": out}),
+                        media_type="application/json")
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": {
+            "oneOf": [{"$ref": f"#/components/schemas/{Feedback.__name__}"},
+                      {"type": "array", "items": {"$ref": f"#/components/schemas/{Feedback.__name__}"}}]}}}}})
+    async def feedback(request: Request) -> Response:
+        items = _parse(await request.body(), one_feedback, many_feedback, "feedback")
+        now = datetime.now(timezone.utc)
+        accepted = state.labels.extend([
+            {"_id": f.prediction_id, "_label": _label_text(f.label), "_ts": now} for f in items])
+        return Response(orjson.dumps({"accepted": accepted}), media_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        predictor = state.predictor
+        if predictor is None:
+            raise NotReady("no model is loaded yet", fix="promote a model: `tidal promote latest`")
+        return Response(orjson.dumps({"status": "ready", "model_version": predictor.version}),
+                        media_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        state.metrics.dropped.set(state.predictions.dropped)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # publish the generated record schemas in OpenAPI
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original_openapi()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (Record, Feedback):
+            s = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(s.pop("$defs", {}))
+            comps[model.__name__] = s
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(_CountRequests, counter=state.metrics.requests)
+    return app
+
+
+class _CountRequests:
+    """Pure ASGI middleware counting responses by route and status (cheap: no request wrapping)."""
+
+    ROUTES = {"/v1/predict", "/v1/feedback", "/healthz", "/readyz", "/metrics"}
+
+    def __init__(self, app: Any, *, counter: Counter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope["path"] if scope["path"] in self.ROUTES else "other"
+            self.counter.labels(route, str(status)).inc()
+
+
+def _label_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

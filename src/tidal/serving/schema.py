@@ -1,0 +1,62 @@
+"""Request and response schemas of the HTTP API, generated from the spec.
+
+Serving checks types and required fields; ranges and allowed values are not enforced at
+serving time (an unseen category goes to the unknown bucket and shows up as drift), so a
+shifted population is scored and monitored instead of refused.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from tidal.spec import Spec
+
+_TYPES: dict[str, Any] = {"numeric": float, "categorical": str, "boolean": bool, "datetime": datetime}
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def record_model(spec: Spec) -> type[BaseModel]:
+    """One prediction input: every feature, typed; nullable features may be omitted."""
+    fields: dict[str, Any] = {}
+    for name, feat in spec.features.items():
+        py = _TYPES[feat.type]
+        desc = feat.description or f"{feat.type} feature"
+        if feat.nullable:
+            fields[name] = (py | None, Field(None, description=desc))
+        else:
+            fields[name] = (py, Field(description=desc))
+    if spec.entity_key and spec.entity_key not in fields:
+        fields[spec.entity_key] = (str | None, Field(None, description="Entity key (logged, not a feature)."))
+    return create_model(f"{spec.name.title().replace('-', '').replace('_', '')}Record", __base__=_Record, **fields)
+
+
+def label_type(spec: Spec) -> Any:
+    return float if spec.task == "regression" else str | int | bool
+
+
+def feedback_model(spec: Spec) -> type[BaseModel]:
+    return create_model("Feedback", __config__=ConfigDict(extra="forbid"),
+                        prediction_id=(str, Field(min_length=1, description="Id returned by /v1/predict.")),
+                        label=(label_type(spec), Field(description=f"The true value of {spec.target}.")))
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    prediction: str | float = Field(description="Class at a 0.5 threshold, or the predicted value.")
+    probability: float | None = Field(description="Probability of the positive class (binary only).")
+    decision: str | float = Field(description="Business decision: the cost-optimal action, or the cost-adjusted value.")
+
+
+class PredictResponse(BaseModel):
+    model_version: int
+    predictions: list[Prediction]
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int

@@ -1,0 +1,285 @@
+"""The business requirements: one typed spec (``tidal.yaml``) that drives the whole loop.
+
+The spec is a pydantic v2 schema that rejects unknown keys and describes every field, so
+one definition drives loading, the JSON Schema (``tidal spec schema``), the docs and
+``tidal spec show``. Loading reports every problem at once, each with its field path and
+how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tidal.errors import Problem, SpecError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+
+class Task(str, Enum):
+    binary = "binary"
+    regression = "regression"
+
+
+class FeatureType(str, Enum):
+    numeric = "numeric"
+    categorical = "categorical"
+    boolean = "boolean"
+    datetime = "datetime"
+
+
+class Feature(_Model):
+    """One input column and the constraints a valid value must meet."""
+
+    type: FeatureType = Field(description="Kind of value: numeric, categorical, boolean or datetime.")
+    nullable: bool = Field(True, description="Whether a missing value is acceptable.")
+    min: float | None = Field(None, description="Smallest valid value (numeric only).")
+    max: float | None = Field(None, description="Largest valid value (numeric only).")
+    allowed: list[str] | None = Field(
+        None, description="Valid values (categorical only); others are quarantined at ingestion.")
+    description: str = Field("", description="What the column means, for people and model cards.")
+
+    @model_validator(mode="after")
+    def _constraints_fit_type(self) -> "Feature":
+        if (self.min is not None or self.max is not None) and self.type != "numeric":
+            raise ValueError("min/max apply only to numeric features")
+        if self.allowed is not None and self.type != "categorical":
+            raise ValueError("allowed applies only to categorical features")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class BinaryCosts(_Model):
+    """What each outcome of a binary decision costs the business (negative = a gain)."""
+
+    true_positive: float = Field(0.0, description="Cost of acting on a real positive (negative = value gained).")
+    false_positive: float = Field(1.0, description="Cost of acting on a negative (e.g. a wasted offer).")
+    true_negative: float = Field(0.0, description="Cost of not acting on a real negative.")
+    false_negative: float = Field(1.0, description="Cost of missing a real positive (e.g. a lost customer).")
+    act: str = Field("act", description="Name of the decision taken when the score passes the threshold.")
+    no_act: str = Field("no_action", description="Name of the decision taken otherwise.")
+
+
+class RegressionCosts(_Model):
+    """What an error of one unit costs, by direction."""
+
+    under_per_unit: float = Field(1.0, ge=0, description="Cost of predicting one unit too low.")
+    over_per_unit: float = Field(1.0, ge=0, description="Cost of predicting one unit too high.")
+
+
+class MinMetric(_Model):
+    name: Literal["auc", "pr_auc", "rmse", "mae"] = Field(description="Metric the model must reach.")
+    value: float = Field(description="Threshold: a floor for auc/pr_auc, a ceiling for rmse/mae.")
+
+
+class Guardrails(_Model):
+    """Budgets a model must respect to be promoted."""
+
+    p99_latency_ms: float = Field(50.0, gt=0, description="Largest acceptable p99 latency of one prediction, ms.")
+    max_model_size_mb: float = Field(50.0, gt=0, description="Largest acceptable model bundle size, MB.")
+    min_metric: MinMetric | None = Field(None, description="Metric floor (or ceiling) a model must reach.")
+
+
+class Source(_Model):
+    """Where batches come from."""
+
+    kind: Literal["file"] = Field("file", description="Source kind; the skeleton reads CSV or Parquet files.")
+    path: str = Field(description="File path, relative to the spec's folder.")
+    trust: Literal["high", "low"] = Field("high", description="Trust level; low-trust sources get stricter checks.")
+
+
+class Monitoring(_Model):
+    """When drift or performance becomes an alert."""
+
+    window: int = Field(1000, gt=0, description="Number of most recent predictions the monitor examines.")
+    min_samples: int = Field(100, gt=0, description="Fewest predictions needed for a drift verdict.")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI above which a numeric feature or the score has drifted.")
+    p_value: float = Field(0.01, gt=0, lt=1, description="KS / chi-square p-value below which a feature has drifted.")
+    max_drifted_share: float = Field(
+        0.2, ge=0, le=1, description="Alert when more than this share of features has drifted.")
+    min_labels: int = Field(50, gt=0, description="Fewest labelled predictions needed to judge performance.")
+    max_cost_increase: float = Field(
+        0.25, ge=0, description="Alert when realised cost per prediction exceeds training's by this fraction.")
+
+
+class Retraining(_Model):
+    """The policy that decides when to train a challenger, and whether it may replace the champion."""
+
+    on_drift: bool = Field(True, description="Retrain when the monitor raises a drift alert.")
+    on_performance: bool = Field(True, description="Retrain when the monitor raises a performance alert.")
+    min_new_labels: int = Field(1000, gt=0, description="Retrain once this many new labelled rows exist.")
+    holdout_share: float = Field(
+        0.4, gt=0, lt=1, description="Share of the newest labelled rows kept out of training to compare models.")
+    min_improvement: float = Field(
+        0.0, ge=0, description="Relative cost reduction the challenger needs over the champion to be promoted.")
+    auto_promote: bool = Field(True, description="Promote a winning challenger without a person.")
+
+
+class Training(_Model):
+    """How models are fitted."""
+
+    test_size: float = Field(0.2, gt=0, lt=1, description="Share of rows held out for evaluation (the newest, with an event time).")
+    valid_size: float = Field(0.15, gt=0, lt=1, description="Share of training rows used for early stopping and the threshold.")
+    num_boost_round: int = Field(500, gt=0, description="Most boosting rounds; early stopping picks fewer.")
+    early_stopping_rounds: int = Field(30, gt=0, description="Rounds without improvement before stopping.")
+    seed: int = Field(7, description="Random seed, for reproducible runs.")
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20},
+        description="LightGBM parameters passed through.")
+
+
+class Serving(_Model):
+    """How the HTTP server behaves."""
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, gt=0, lt=65536, description="Port to bind.")
+    log_buffer_size: int = Field(100_000, gt=0, description="Most predictions held in memory before the flush; more are dropped and counted.")
+    flush_interval_s: float = Field(1.0, gt=0, description="Seconds between flushes of the prediction log to the lake.")
+    reload_interval_s: float = Field(1.0, gt=0, description="Seconds between checks for a new production model.")
+
+
+class Workspace(_Model):
+    path: str = Field(".tidal", description="Workspace folder, relative to the spec's folder.")
+    metadata_url: str | None = Field(
+        None, description="SQLAlchemy URL of the metadata database; default a SQLite file in the workspace.")
+
+
+class Spec(_Model):
+    """A tidal use case: what to predict, from what, and what the business needs of it."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="Name of the use case (letters, digits, _ and -).")
+    description: str = Field("", description="What the use case is for.")
+    task: Task = Field(description="binary (classification) or regression.")
+    target: str = Field(description="Column to predict.")
+    positive_class: str | None = Field(None, description="Target value that counts as positive (binary; default '1').")
+    entity_key: str | None = Field(None, description="Column identifying the entity (customer, card...), if any.")
+    event_time: str | None = Field(None, description="Column giving when the row happened; enables time-aware splits.")
+    features: dict[str, Feature] = Field(description="Input columns, by name.")
+    exclude: list[str] = Field(default_factory=list, description="Columns never used as features (identifiers, leaks).")
+    costs: BinaryCosts | RegressionCosts | None = Field(None, description="Business cost of each kind of error.")
+    guardrails: Guardrails = Field(default_factory=Guardrails, description="Budgets for promotion.")
+    sources: list[Source] = Field(default_factory=list, description="Where data comes from.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Drift and performance alerting.")
+    retraining: Retraining = Field(default_factory=Retraining, description="When to retrain and promote.")
+    training: Training = Field(default_factory=Training, description="How models are fitted.")
+    serving: Serving = Field(default_factory=Serving, description="The HTTP server.")
+    workspace: Workspace = Field(default_factory=Workspace, description="Where tidal keeps its state.")
+
+    @property
+    def positive_label(self) -> str:
+        return self.positive_class if self.positive_class is not None else "1"
+
+    @property
+    def binary_costs(self) -> BinaryCosts:
+        return self.costs if isinstance(self.costs, BinaryCosts) else BinaryCosts()
+
+    @property
+    def regression_costs(self) -> RegressionCosts:
+        return self.costs if isinstance(self.costs, RegressionCosts) else RegressionCosts()
+
+    def digest(self) -> str:
+        """sha256 of the spec with defaults filled in: the spec's identity in lineage."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _semantic_problems(spec: Spec) -> list[Problem]:
+    """Checks across fields that the per-field schema cannot express."""
+    problems: list[Problem] = []
+    if spec.target in spec.features:
+        problems.append(Problem(f"features.{spec.target}", "the target is listed as a feature",
+                                "remove it from features"))
+    for col in spec.exclude:
+        if col in spec.features:
+            problems.append(Problem("exclude", f"'{col}' is both excluded and a feature",
+                                    f"remove '{col}' from one of them"))
+    if spec.event_time and spec.event_time in spec.features:
+        problems.append(Problem(f"features.{spec.event_time}", "the event-time column is listed as a feature",
+                                "declare it only as event_time (add a datetime feature under another name if needed)"))
+    if spec.costs is not None:
+        want = BinaryCosts if spec.task == "binary" else RegressionCosts
+        if not isinstance(spec.costs, want):
+            keys = ", ".join(want.model_fields)
+            problems.append(Problem("costs", f"costs do not fit a {spec.task} task", f"use the keys: {keys}"))
+    if spec.task == "regression" and spec.positive_class is not None:
+        problems.append(Problem("positive_class", "positive_class applies only to binary tasks", "remove it"))
+    if not spec.features:
+        problems.append(Problem("features", "no features are declared", "declare at least one input column"))
+    return problems
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    # pydantic puts union member names in the path (costs.BinaryCosts.x); drop them.
+    return ".".join(str(p) for p in loc if p not in _UNION_TAGS)
+
+
+_UNION_TAGS = {"BinaryCosts", "RegressionCosts", "MinMetric"}
+
+_FIXES = {
+    "extra_forbidden": "remove this key or check its spelling (see `tidal spec schema`)",
+    "missing": "add this field",
+    "enum": "use one of the allowed values",
+    "literal_error": "use one of the allowed values",
+}
+
+
+def parse_spec(data: Any, *, source: str = "spec") -> Spec:
+    """Validate a mapping into a :class:`Spec`, reporting every problem at once."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}",
+                        fix="start from `tidal init DATA --target COL`")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        problems, seen = [], set()
+        for err in exc.errors():
+            loc = _location(err["loc"])
+            key = (loc, err["type"])
+            if key in seen:
+                continue
+            seen.add(key)
+            msg = err["msg"]
+            if err["type"] != "missing" and "input" in err:
+                msg += f" (got {err['input']!r})"[:200]
+            problems.append(Problem(loc, msg, _FIXES.get(err["type"], "")))
+        raise SpecError(f"{source}: {len(problems)} problem(s) in the spec", problems=problems) from None
+    problems = _semantic_problems(spec)
+    if problems:
+        raise SpecError(f"{source}: {len(problems)} problem(s) in the spec", problems=problems)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}",
+                        fix="run `tidal init DATA --target COL` to draft one, or pass --spec PATH") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(f"{path}: not valid YAML at {where}: {getattr(exc, 'problem', exc)}",
+                        fix="fix the YAML syntax at that position") from None
+    return parse_spec(data, source=str(path))
+
+
+def spec_json_schema() -> dict[str, Any]:
+    return Spec.model_json_schema()
+
+
+def dump_spec(spec: Spec) -> str:
+    """The spec as YAML, every default filled in."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,142 @@
+"""Training: fit the feature pipeline and a LightGBM model, evaluate, bundle and register."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+
+from tidal.data.profile import build_profile, numeric_profile
+from tidal.errors import StateError
+from tidal.features.pipeline import FeaturePipeline
+from tidal.infra.workspace import Workspace
+from tidal.registry.bundle import write_bundle
+from tidal.registry.registry import Registry
+from tidal.spec import Spec
+from tidal.training import costs as C
+from tidal.training.dataset import labels_array, split_rows, training_table
+from tidal.training.runs import RunTracker
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    version: int
+    metrics: dict[str, Any]
+    bundle_path: str
+    data_versions: dict[str, Any]
+
+
+def decide(spec: Spec, signature: dict[str, Any], y: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """Metrics of ``scores`` against ``y`` with the decision rule stored in ``signature``."""
+    if spec.task == "binary":
+        return C.binary_metrics(y, scores, signature["threshold"], spec.binary_costs)
+    return C.regression_metrics(y, scores, signature["offset"], spec.regression_costs)
+
+
+def _lgb_params(spec: Spec, y: np.ndarray) -> dict[str, Any]:
+    params = {"objective": "binary" if spec.task == "binary" else "regression", "verbosity": -1,
+              "seed": spec.training.seed, "deterministic": True, "num_threads": 2, "force_row_wise": True}
+    params.update(spec.training.params)
+    return params
+
+
+def fit(spec: Spec, table: pa.Table) -> dict[str, Any]:
+    """Fit pipeline and model on ``table``; return everything a bundle and a run need."""
+    y = labels_array(table, spec)
+    if np.isnan(y).any():
+        raise StateError("the training set has rows without a valid target")
+    if spec.task == "binary" and len(np.unique(y)) < 2:
+        raise StateError(f"the training set has only one class of {spec.target!r}",
+                         fix=f"check positive_class ({spec.positive_label!r}) against the data")
+    split = split_rows(table, spec, y)
+    pipeline = FeaturePipeline.from_spec(spec).fit(
+        {n: table.column(n).take(split.train).to_pylist() for n, f in spec.features.items() if f.type == "categorical"})
+    X = pipeline.transform_arrow(table)
+    cats = pipeline.categorical_indices
+    dtrain = lgb.Dataset(X[split.train], y[split.train], categorical_feature=cats, free_raw_data=False,
+                         feature_name=pipeline.output_names)
+    dvalid = lgb.Dataset(X[split.valid], y[split.valid], reference=dtrain, categorical_feature=cats)
+    started = time.perf_counter()
+    booster = lgb.train(_lgb_params(spec, y), dtrain, num_boost_round=spec.training.num_boost_round,
+                        valid_sets=[dvalid],
+                        callbacks=[lgb.early_stopping(spec.training.early_stopping_rounds, verbose=False)])
+    fit_seconds = time.perf_counter() - started
+    valid_scores = booster.predict(X[split.valid])
+    if spec.task == "binary":
+        signature_rule = {"threshold": C.optimal_threshold(y[split.valid], valid_scores, spec.binary_costs)}
+    else:
+        signature_rule = {"offset": C.optimal_offset(y[split.valid], valid_scores, spec.regression_costs)}
+    test_scores = booster.predict(X[split.test])
+    metrics = {"test": decide(spec, signature_rule, y[split.test], test_scores),
+               "valid": decide(spec, signature_rule, y[split.valid], valid_scores),
+               "split": split.kind, "rows": {"train": len(split.train), "valid": len(split.valid),
+                                              "test": len(split.test)},
+               "best_iteration": booster.best_iteration, "fit_seconds": fit_seconds}
+    train_rows = table.take(split.train)
+    kinds = {n: f.type for n, f in spec.features.items()}
+    reference = {"features": build_profile({n: (train_rows.column(n).to_numpy(zero_copy_only=False)
+                                                if kinds[n] == "numeric" else train_rows.column(n).to_pylist())
+                                            for n in kinds}, kinds),
+                 "score": numeric_profile(valid_scores)}
+    if spec.task == "binary":
+        seen = sorted(set(table.column(spec.target).cast(pa.string()).to_pylist()) - {None, spec.positive_label})
+        signature_rule["negative_class"] = seen[0] if len(seen) == 1 else f"not_{spec.positive_label}"
+    return {"booster": booster, "pipeline": pipeline, "metrics": metrics, "rule": signature_rule,
+            "reference": reference, "split": split}
+
+
+def signature_for(spec: Spec, pipeline: FeaturePipeline, rule: dict[str, Any]) -> dict[str, Any]:
+    inputs = {n: {"type": f.type, "nullable": f.nullable} for n, f in spec.features.items()}
+    sig: dict[str, Any] = {"task": spec.task, "target": spec.target, "inputs": inputs,
+                           "features": pipeline.output_names, **rule}
+    if spec.task == "binary":
+        sig.update(positive_class=spec.positive_label, act=spec.binary_costs.act, no_act=spec.binary_costs.no_act)
+    return sig
+
+
+def train(ws: Workspace, spec: Spec, *, data_versions: dict[str, Any] | None = None, kind: str = "train",
+          actor: str | None = None) -> TrainResult:
+    """Train on the lake (at ``data_versions``, default the newest), bundle and register a candidate."""
+    versions = dict(data_versions or {"events": ws.lake.version("events")})
+    if versions.get("events") is None:
+        raise StateError("there is no accepted data to train on", fix="run `tidal ingest FILE` first")
+    tracker = RunTracker(ws)
+    run_id = tracker.start(kind=kind, spec=spec, params={"lightgbm": _lgb_params(spec, np.empty(0)),
+                                                         "training": spec.training.model_dump()},
+                           data_versions=versions)
+    try:
+        table = training_table(ws, spec, versions)
+        out = fit(spec, table)
+        signature = signature_for(spec, out["pipeline"], out["rule"])
+        metrics = {**out["metrics"], "data_rows": table.num_rows}
+        path = ws.bundles / run_id
+        manifest_sha = write_bundle(path, model_text=out["booster"].model_to_string(), pipeline=out["pipeline"],
+                                    signature=signature, metrics=metrics, reference=out["reference"])
+        version = Registry(ws).register(run_id=run_id, bundle_path=str(path), manifest_sha256=manifest_sha,
+                                        metrics=metrics["test"], actor=actor)
+    except BaseException:
+        tracker.finish(run_id, status="failed", metrics={})
+        raise
+    tracker.finish(run_id, status="finished", metrics=metrics, artifact=str(path))
+    return TrainResult(run_id=run_id, version=version, metrics=metrics, bundle_path=str(path),
+                       data_versions=versions)
+
+
+def evaluate(ws: Workspace, spec: Spec, version: int | str = "latest") -> dict[str, Any]:
+    """Rebuild a version's held-out rows from its run's recorded data and score them again."""
+    registry = Registry(ws)
+    row, bundle = registry.load(version)
+    run = RunTracker(ws).get(row["run_id"])
+    table = training_table(ws, spec, run["data_versions"])
+    y = labels_array(table, spec)
+    split = split_rows(table, spec, y)
+    test = table.take(split.test)
+    scores = bundle.booster.predict(bundle.pipeline.transform_arrow(test))
+    metrics = decide(spec, bundle.signature, y[split.test], scores)
+    return {"version": row["version"], "run_id": row["run_id"], "split": split.kind, "test": metrics,
+            "size_mb": bundle.size_bytes / 1e6}
