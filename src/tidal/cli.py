@@ -7,6 +7,7 @@ heavy libraries are imported inside commands so that ``tidal --help`` stays fast
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -66,7 +67,7 @@ def init(data: Path = typer.Argument(..., help="CSV or Parquet file to draft the
         raise StateError(f"{out} already exists", fix="pass --force to overwrite it, or --out to write elsewhere")
     spec, notes = draft_spec(data, target, name=name)
     if not Path(data).is_absolute():
-        spec["sources"][0]["path"] = str(Path(data).resolve().relative_to(out.resolve().parent, walk_up=True))
+        spec["sources"][0]["path"] = os.path.relpath(Path(data).resolve(), out.resolve().parent)
     out.write_text(draft_yaml(spec, notes))
     typer.echo(f"wrote {out}: {len(spec['features'])} features, {len(spec['exclude'])} excluded")
     for n in notes:

@@ -50,9 +50,11 @@ def _typed(df: pl.DataFrame, name: str, kind: str) -> pl.Expr:
     """Expression casting column ``name`` to its logical type; failures become null."""
     dtype = df.schema[name]
     if kind == "numeric":
+        # NaN is a missing value, not a number: it meets the null checks like a blank
         if dtype.is_numeric():
-            return pl.col(name).cast(pl.Float64)
-        return _as_text(df, name).replace("", None).cast(pl.Float64, strict=False)
+            return pl.col(name).cast(pl.Float64).fill_nan(None)
+        text = _as_text(df, name)
+        return text.replace("", None).cast(pl.Float64, strict=False).fill_nan(None)
     if kind == "boolean":
         if dtype == pl.Boolean:
             return pl.col(name)
@@ -93,8 +95,8 @@ def validate_batch(df: pl.DataFrame, spec: Spec) -> ValidationResult:
     typed = df.select(["_row"] + [_typed(df, c, kind).alias(c) for c, kind in wanted.items()])
     reasons: list[pl.Expr] = []
     for name, kind in wanted.items():
-        raw_present = pl.col(f"raw::{name}").is_not_null() & (
-            pl.col(f"raw::{name}").cast(pl.String).str.strip_chars() != "")
+        raw_text = pl.col(f"raw::{name}").cast(pl.String).str.strip_chars().str.to_lowercase()
+        raw_present = pl.col(f"raw::{name}").is_not_null() & ~raw_text.is_in(["", "nan"])
         value = pl.col(name)
         if kind in ("numeric", "boolean", "datetime"):
             reasons.append(pl.when(raw_present & value.is_null()).then(

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightgbm as lgb
 
-from tidal.errors import BundleIntegrityError
+from tidal.errors import BundleIntegrityError, StateError
 from tidal.features.pipeline import FeaturePipeline
 
 MANIFEST = "manifest.json"
@@ -61,15 +61,21 @@ def write_bundle(path: Path, *, model_text: str, pipeline: FeaturePipeline, sign
     }
     manifest = {"format": "tidal-bundle/1", "files": {name: sha256_bytes(data) for name, data in contents.items()}}
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    if path.exists():
+        raise StateError(f"bundle folder {path} already exists", fix="bundles are immutable; train a new run")
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, data in {**contents, MANIFEST: manifest_bytes}.items():
-        with open(tmp / name, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        for name, data in {**contents, MANIFEST: manifest_bytes}.items():
+            with open(tmp / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return sha256_bytes(manifest_bytes)
 
 
@@ -83,9 +89,13 @@ def _read_verified(path: Path, expected_manifest_sha256: str | None) -> tuple[di
         raise BundleIntegrityError(f"bundle {path}: {MANIFEST} does not match the registry's hash",
                                    fix="the bundle was modified; restore it or re-train")
     try:
-        listed = json.loads(manifest_bytes)["files"]
-    except (ValueError, KeyError):
+        manifest = json.loads(manifest_bytes)
+        listed = manifest["files"]
+    except (ValueError, KeyError, TypeError):
         raise BundleIntegrityError(f"bundle {path}: {MANIFEST} is not a tidal manifest") from None
+    if manifest.get("format") != "tidal-bundle/1":
+        raise BundleIntegrityError(f"bundle {path}: unsupported bundle format {manifest.get('format')!r}",
+                                   fix="load it with the tidal version that wrote it")
     present = {p.name for p in path.iterdir()} - {MANIFEST}
     extra = present - set(listed)
     if extra:

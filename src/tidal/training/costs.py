@@ -36,7 +36,8 @@ def optimal_threshold(y: np.ndarray, score: np.ndarray, costs: BinaryCosts) -> f
         return float(np.nextafter(s[0], np.inf)) if len(s) else 0.5
     if k == len(s):
         return float(s[-1])
-    return float((s[k - 1] + s[k]) / 2)
+    mid = (s[k - 1] + s[k]) / 2
+    return float(mid if mid > s[k] else s[k - 1])  # adjacent floats: the midpoint may round down
 
 
 def regression_cost(y: np.ndarray, pred: np.ndarray, costs: RegressionCosts) -> float:
@@ -49,7 +50,8 @@ def optimal_offset(y: np.ndarray, pred: np.ndarray, costs: RegressionCosts) -> f
     total = costs.under_per_unit + costs.over_per_unit
     if total == 0 or len(y) == 0:
         return 0.0
-    return float(np.quantile(y - pred, costs.under_per_unit / total))
+    # inverted_cdf: the minimiser is a data point, not an interpolation between two
+    return float(np.quantile(y - pred, costs.under_per_unit / total, method="inverted_cdf"))
 
 
 def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float, costs: BinaryCosts) -> dict[str, Any]:

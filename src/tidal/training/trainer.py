@@ -16,7 +16,7 @@ from tidal.features.pipeline import FeaturePipeline
 from tidal.infra.workspace import Workspace
 from tidal.registry.bundle import write_bundle
 from tidal.registry.registry import Registry
-from tidal.spec import Spec
+from tidal.spec import Spec, Training
 from tidal.training import costs as C
 from tidal.training.dataset import labels_array, split_rows, training_table
 from tidal.training.runs import RunTracker
@@ -132,6 +132,8 @@ def evaluate(ws: Workspace, spec: Spec, version: int | str = "latest") -> dict[s
     registry = Registry(ws)
     row, bundle = registry.load(version)
     run = RunTracker(ws).get(row["run_id"])
+    # the split settings the run used, not today's spec
+    spec = spec.model_copy(update={"training": Training.model_validate(run["params"]["training"])})
     table = training_table(ws, spec, run["data_versions"])
     y = labels_array(table, spec)
     split = split_rows(table, spec, y)
