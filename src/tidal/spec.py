@@ -12,10 +12,10 @@ import hashlib
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from tidal.errors import Problem, SpecError
 
@@ -89,12 +89,64 @@ class Guardrails(_Model):
     min_metric: MinMetric | None = Field(None, description="Metric floor (or ceiling) a model must reach.")
 
 
-class Source(_Model):
-    """Where batches come from."""
-
-    kind: Literal["file"] = Field("file", description="Source kind; the skeleton reads CSV or Parquet files.")
-    path: str = Field(description="File path, relative to the spec's folder.")
+class _SourceBase(_Model):
+    name: str | None = Field(None, description="Name of the source in reports and state (default: derived from it).")
     trust: Literal["high", "low"] = Field("high", description="Trust level; low-trust sources get stricter checks.")
+
+
+class FileSource(_SourceBase):
+    """One CSV or Parquet file."""
+
+    kind: Literal["file"] = Field("file", description="A single CSV or Parquet file.")
+    path: str = Field(description="File path, relative to the spec's folder.")
+
+
+class FolderSource(_SourceBase):
+    """A folder watched for new files; each new file is one batch."""
+
+    kind: Literal["folder"] = Field(description="A folder watched for new files.")
+    path: str = Field(description="Folder path, relative to the spec's folder.")
+    pattern: str = Field("*.csv", description="Glob of the files to take, e.g. '*.parquet'.")
+
+
+class SqlSource(_SourceBase):
+    """A SQL query read incrementally by a watermark column."""
+
+    kind: Literal["sql"] = Field(description="A SQL query against a database.")
+    url: str = Field(description="SQLAlchemy URL, e.g. postgresql://user@host/db.")
+    query: str = Field(description="A table name or a SELECT; new rows are those past the watermark.")
+    watermark: str = Field(description="Column that grows with new or changed rows, e.g. updated_at or an id.")
+    max_rows: int = Field(100_000, gt=0, description="Most rows per batch (a batch never splits equal watermarks).")
+
+
+class HttpSource(_SourceBase):
+    """Batches pushed to POST /v1/ingest."""
+
+    kind: Literal["http"] = Field(description="Batches pushed over HTTP to POST /v1/ingest.")
+    token_env: str = Field("TIDAL_INGEST_TOKEN", description="Environment variable holding the bearer token.")
+    max_bytes: int = Field(10_000_000, gt=0, description="Largest accepted request body, bytes.")
+
+
+class RedisStreamSource(_SourceBase):
+    """A Redis Stream read through a consumer group, acknowledged after each batch commits."""
+
+    kind: Literal["redis_stream"] = Field(description="A Redis Stream read through a consumer group.")
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+    stream: str = Field(description="Stream key.")
+    group: str = Field("tidal", description="Consumer group name.")
+    consumer: str = Field("ingester", description="Consumer name within the group.")
+    batch_size: int = Field(1000, gt=0, description="Most messages per batch.")
+    block_ms: int = Field(1000, ge=0, description="How long a read waits for new messages, ms.")
+
+
+def _source_kind(value: Any) -> str | None:
+    return value.get("kind", "file") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+Source = Annotated[
+    Annotated[FileSource, Tag("file")] | Annotated[FolderSource, Tag("folder")] | Annotated[SqlSource, Tag("sql")]
+    | Annotated[HttpSource, Tag("http")] | Annotated[RedisStreamSource, Tag("redis_stream")],
+    Discriminator(_source_kind)]
 
 
 class Monitoring(_Model):
@@ -222,7 +274,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in _UNION_TAGS)
 
 
-_UNION_TAGS = {"BinaryCosts", "RegressionCosts", "MinMetric"}
+_UNION_TAGS = {"BinaryCosts", "RegressionCosts", "MinMetric", "file", "folder", "sql", "http", "redis_stream"}
 
 _FIXES = {
     "extra_forbidden": "remove this key or check its spelling (see `tidal spec schema`)",

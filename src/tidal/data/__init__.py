@@ -1,7 +1,7 @@
 """Data: read batches from sources, validate them against the spec, accept or quarantine rows."""
 
 from tidal.data.ingest import IngestReport, ingest_file, ingest_frame
-from tidal.data.sources import read_file
+from tidal.data.files import read_file
 from tidal.data.validate import ValidationResult, validate_batch
 
 __all__ = ["IngestReport", "ValidationResult", "ingest_file", "ingest_frame", "read_file", "validate_batch"]

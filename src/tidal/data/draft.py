@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from tidal.data.sources import read_file
+from tidal.data.files import read_file
 from tidal.errors import DataValidationError
 from tidal.spec import parse_spec
 

@@ -1,4 +1,4 @@
-"""Reading batches from sources. The skeleton reads CSV and Parquet files."""
+"""Reading CSV and Parquet files into frames, and hashing them."""
 
 from __future__ import annotations
 

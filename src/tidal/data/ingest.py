@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tidal.data.sources import file_digest, read_file
+from tidal.data.files import file_digest, read_file
 from tidal.data.validate import REASONS, validate_batch
 from tidal.infra.metadata import batches, now
 from tidal.infra.workspace import Workspace
@@ -58,7 +58,7 @@ def _stamp(df: pl.DataFrame, batch_id: str, at: datetime) -> pa.Table:
 
 
 def ingest_frame(ws: Workspace, spec: Spec, frame: pl.DataFrame, *, batch_id: str, source: str,
-                 content_sha256: str) -> IngestReport:
+                 content_sha256: str, trust: str = "high") -> IngestReport:
     """Validate ``frame`` and commit it as batch ``batch_id`` (a no-op if already committed)."""
     known = ws.store.batch_by_content(content_sha256)
     if known is not None:

@@ -88,7 +88,14 @@ alerts = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 
-_JSON_COLUMNS = {"params", "metrics", "data_versions", "report", "result", "details"}
+source_state = sa.Table(
+    "source_state", meta,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+_JSON_COLUMNS = {"params", "metrics", "data_versions", "report", "result", "details", "state"}
 
 
 def now() -> datetime:
@@ -106,7 +113,14 @@ def _decode(row: sa.Row) -> dict[str, Any]:
 
 
 def _encode(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (json.dumps(v, default=str) if k in _JSON_COLUMNS else v) for k, v in values.items()}
+    out = {}
+    for k, v in values.items():
+        if k in _JSON_COLUMNS:
+            v = json.dumps(v, default=str)
+        elif isinstance(v, datetime) and v.tzinfo is not None:
+            v = v.astimezone(timezone.utc)  # SQLite keeps no offset: store every instant in UTC
+        out[k] = v
+    return out
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -161,6 +175,18 @@ class MetadataStore:
     def batch_by_content(self, sha256: str) -> dict[str, Any] | None:
         rows = self.select(sa.select(batches).where(batches.c.content_sha256 == sha256).limit(1))
         return rows[0] if rows else None
+
+    # source positions ------------------------------------------------------------------
+    def source_state(self, source: str) -> dict[str, Any]:
+        rows = self.select(sa.select(source_state).where(source_state.c.source == source))
+        return rows[0]["state"] if rows else {}
+
+    def save_source_state(self, source: str, state: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(source_state.update().where(source_state.c.source == source)
+                                .values(state=json.dumps(state), updated_at=now())).rowcount
+            if not done:
+                conn.execute(source_state.insert().values(source=source, state=json.dumps(state), updated_at=now()))
 
     # model versions --------------------------------------------------------------------
     def versions(self) -> list[dict[str, Any]]:
