@@ -51,12 +51,34 @@ class Project:
         return path
 
     # data ------------------------------------------------------------------------------
-    def ingest(self, path: str | Path | None = None) -> list[Any]:
-        """Ingest one file, or every file source of the spec when no path is given."""
-        from tidal.data.ingest import ingest_file
+    def guard_model(self) -> Any:
+        """The production model as the poisoning guard uses it, or None before one exists."""
+        from tidal.data.checks import ReferenceModel
+        from tidal.errors import ModelNotFound
 
-        paths = [path] if path is not None else [s.path for s in self.spec.sources]
-        return [ingest_file(self.ws, self.spec, self.resolve_path(p)) for p in paths]
+        try:
+            row, bundle = self.registry.load("production")
+        except ModelNotFound:
+            return None
+        slope = bundle.metrics.get("test", {}).get("label_slope")
+        if not slope:
+            return None
+
+        def score(frame: Any) -> Any:
+            return bundle.booster.predict(bundle.pipeline.transform_arrow(frame.to_arrow()))
+
+        return ReferenceModel(score=score, label_slope=slope)
+
+    def ingest(self, path: str | Path | None = None, *, trust: str | None = None) -> list[Any]:
+        """Ingest one file, or every source of the spec once when no path is given."""
+        from tidal.data.ingest import ingest_file
+        from tidal.data.ingester import ingest_once, open_sources
+
+        model = self.guard_model()
+        if path is not None:
+            return [ingest_file(self.ws, self.spec, self.resolve_path(path), trust=trust or "high", model=model)]
+        base = self.spec_path.parent if self.spec_path else Path.cwd()
+        return ingest_once(self.ws, self.spec, open_sources(self.spec, base), model=model)
 
     # training --------------------------------------------------------------------------
     def train(self, *, data_versions: dict[str, Any] | None = None) -> Any:

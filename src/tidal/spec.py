@@ -149,6 +149,42 @@ Source = Annotated[
     Discriminator(_source_kind)]
 
 
+Severity = Literal["warn", "quarantine", "reject"]
+
+
+class Validation(_Model):
+    """Checks each batch must pass, beyond each row's schema, and what a failure does.
+
+    ``warn`` only reports; ``quarantine`` holds the rows (the whole batch, for a batch-level
+    check) in quarantine until a person releases them; ``reject`` refuses the batch.
+    Statistical checks compare the batch with the trusted reference (the accepted data).
+    """
+
+    schema_severity: Literal["quarantine", "reject"] = Field(
+        "quarantine", description="What a row failing a type, range, allowed-value, null or key-uniqueness check does.")
+    max_null_share: float = Field(0.5, ge=0, le=1, description="Largest share of nulls in any column of a batch.")
+    null_severity: Severity = Field("warn", description="What a column over max_null_share does.")
+    unique_key: bool = Field(True, description="Rows repeating an (entity key, event time) pair within a batch are quarantined.")
+    max_age_days: float | None = Field(None, gt=0, description="Newest event time must be at most this old (freshness); needs event_time.")
+    freshness_severity: Severity = Field("warn", description="What a stale batch does.")
+    min_rows: int = Field(1, ge=0, description="Fewest rows a batch may have.")
+    max_rows: int | None = Field(None, gt=0, description="Most rows a batch may have.")
+    volume_severity: Severity = Field("warn", description="What a batch outside min_rows/max_rows does.")
+    min_reference_rows: int = Field(500, gt=0, description="Accepted rows needed before statistical checks run.")
+    feature_psi: float = Field(0.25, gt=0, description="PSI above which a feature of the batch has shifted from the reference.")
+    feature_shift_severity: Severity = Field("warn", description="What a shifted feature does.")
+    label_shift: float = Field(0.15, gt=0, description="Largest change of the positive rate (binary) or of the target mean in reference standard deviations (regression).")
+    label_shift_severity: Severity = Field("warn", description="What a shifted label mix does (real mixes drift too, so it warns by default).")
+    label_consistency: float = Field(0.75, gt=0, lt=1, description="Hold a batch whose labels follow the production model's scores less than this share as closely as the held-out rows did (label flipping).")
+    label_consistency_severity: Severity = Field("quarantine", description="What a batch with inconsistent labels does.")
+    duplicate_excess: float = Field(0.05, gt=0, le=1, description="Largest excess share of duplicated rows over the reference's own rate at the same size.")
+    duplicate_severity: Severity = Field("quarantine", description="What a flood of duplicates or near-duplicates does.")
+    outlier_excess: float = Field(0.04, gt=0, le=1, description="Largest excess share of rows outside the reference's range over the reference's own rate.")
+    outlier_severity: Severity = Field("quarantine", description="What a flood of rows far outside the reference does.")
+    low_trust_factor: float = Field(0.5, gt=0, le=1, description="Statistical thresholds are multiplied by this for low-trust sources, and their warnings become quarantines.")
+    min_batch_for_statistics: int = Field(200, gt=0, description="Batches smaller than this skip the statistical checks (too noisy).")
+
+
 class Monitoring(_Model):
     """When drift or performance becomes an alert."""
 
@@ -220,6 +256,7 @@ class Spec(_Model):
     costs: BinaryCosts | RegressionCosts | None = Field(None, description="Business cost of each kind of error.")
     guardrails: Guardrails = Field(default_factory=Guardrails, description="Budgets for promotion.")
     sources: list[Source] = Field(default_factory=list, description="Where data comes from.")
+    validation: Validation = Field(default_factory=Validation, description="Batch checks, the poisoning guard and their severities.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Drift and performance alerting.")
     retraining: Retraining = Field(default_factory=Retraining, description="When to retrain and promote.")
     training: Training = Field(default_factory=Training, description="How models are fitted.")

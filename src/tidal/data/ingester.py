@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tidal.data.checks import ReferenceModel
 from tidal.data.ingest import IngestReport, ingest_frame
 from tidal.data.sources import Source, open_source
 from tidal.infra.workspace import Workspace
@@ -26,7 +27,7 @@ def open_sources(spec: Spec, base: Path, *, names: Iterable[str] | None = None) 
     return out
 
 
-def ingest_once(ws: Workspace, spec: Spec, sources: list[Source], *,
+def ingest_once(ws: Workspace, spec: Spec, sources: list[Source], *, model: ReferenceModel | None = None,
                 on_batch: Callable[[Source, IngestReport], None] | None = None) -> list[IngestReport]:
     """One pass over every source: ingest each new batch, then save the source's position."""
     reports = []
@@ -34,7 +35,7 @@ def ingest_once(ws: Workspace, spec: Spec, sources: list[Source], *,
         state = ws.store.source_state(source.name)
         for batch in source.read(state):
             report = ingest_frame(ws, spec, batch.frame, batch_id=batch.batch_id, source=source.name,
-                                  content_sha256=batch.content_sha256, trust=source.trust)
+                                  content_sha256=batch.content_sha256, trust=source.trust, model=model)
             state = source.commit(batch, state)
             ws.store.save_source_state(source.name, state)
             reports.append(report)
@@ -45,12 +46,13 @@ def ingest_once(ws: Workspace, spec: Spec, sources: list[Source], *,
 
 def follow(ws: Workspace, spec: Spec, sources: list[Source], *, interval_s: float = 1.0,
            max_batches: int | None = None, until: Callable[[], bool] | None = None,
+           model: ReferenceModel | None = None,
            on_batch: Callable[[Source, IngestReport], None] | None = None) -> int:
     """Ingest continually until ``max_batches`` batches landed or ``until()`` is true; return the count."""
     count = 0
     try:
         while True:
-            reports = ingest_once(ws, spec, sources, on_batch=on_batch)
+            reports = ingest_once(ws, spec, sources, model=model, on_batch=on_batch)
             count += len(reports)
             if (max_batches is not None and count >= max_batches) or (until and until()):
                 return count

@@ -22,8 +22,9 @@ REASONS = "_reasons"
 class ValidationResult:
     """A batch split into typed, accepted rows and raw, quarantined rows with reasons."""
 
-    accepted: pl.DataFrame
+    accepted: pl.DataFrame  # typed, with _row
     quarantined: pl.DataFrame  # raw columns as text, plus _row and _reasons
+    raw: pl.DataFrame  # every row of the batch as text, with _row
     reason_counts: dict[str, int] = field(default_factory=dict)
     dropped_columns: list[str] = field(default_factory=list)
 
@@ -122,5 +123,6 @@ def validate_batch(df: pl.DataFrame, spec: Spec) -> ValidationResult:
     if quarantined.height:
         exploded = quarantined.select(pl.col(REASONS).explode().str.split(":").list.first().alias("column"))
         counts = {r["column"]: r["count"] for r in exploded.group_by("column").len("count").to_dicts()}
-    return ValidationResult(accepted=accepted, quarantined=quarantined, reason_counts=counts,
+    raw = df.select("_row", pl.all().exclude("_row").cast(pl.String))
+    return ValidationResult(accepted=accepted, quarantined=quarantined, raw=raw, reason_counts=counts,
                             dropped_columns=dropped)

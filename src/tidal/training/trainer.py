@@ -38,6 +38,16 @@ def decide(spec: Spec, signature: dict[str, Any], y: np.ndarray, scores: np.ndar
     return C.regression_metrics(y, scores, signature["offset"], spec.regression_costs)
 
 
+def label_slope(spec: Spec, y: np.ndarray, scores: np.ndarray) -> float | None:
+    """How closely labels follow the scores: the slope of label on score (binary) or their
+    correlation (regression). The poisoning guard compares new batches with it."""
+    if len(y) < 10 or np.var(scores) == 0:
+        return None
+    if spec.task == "binary":
+        return float(np.cov(scores, y)[0, 1] / np.var(scores, ddof=1))
+    return float(np.corrcoef(scores, y)[0, 1])
+
+
 def _lgb_params(spec: Spec, y: np.ndarray) -> dict[str, Any]:
     params = {"objective": "binary" if spec.task == "binary" else "regression", "verbosity": -1,
               "seed": spec.training.seed, "deterministic": True, "num_threads": 2, "force_row_wise": True}
@@ -72,7 +82,9 @@ def fit(spec: Spec, table: pa.Table) -> dict[str, Any]:
     else:
         signature_rule = {"offset": C.optimal_offset(y[split.valid], valid_scores, spec.regression_costs)}
     test_scores = booster.predict(X[split.test])
-    metrics = {"test": decide(spec, signature_rule, y[split.test], test_scores),
+    test_metrics = decide(spec, signature_rule, y[split.test], test_scores)
+    test_metrics["label_slope"] = label_slope(spec, y[split.test], test_scores)
+    metrics = {"test": test_metrics,
                "valid": decide(spec, signature_rule, y[split.valid], valid_scores),
                "split": split.kind, "rows": {"train": len(split.train), "valid": len(split.valid),
                                               "test": len(split.test)},
@@ -140,5 +152,6 @@ def evaluate(ws: Workspace, spec: Spec, version: int | str = "latest") -> dict[s
     test = table.take(split.test)
     scores = bundle.booster.predict(bundle.pipeline.transform_arrow(test))
     metrics = decide(spec, bundle.signature, y[split.test], scores)
+    metrics["label_slope"] = label_slope(spec, y[split.test], scores)
     return {"version": row["version"], "run_id": row["run_id"], "split": split.kind, "test": metrics,
             "size_mb": bundle.size_bytes / 1e6}

@@ -17,7 +17,7 @@ def _resolve(path: str, base: Path) -> Path:
 
 @register_source("file")
 class FileSource:
-    """One file; read once per distinct content."""
+    """One file. It is offered on every pass; a content seen before is a no-op batch (reported as such)."""
 
     def __init__(self, config: Any, base: Path) -> None:
         self.path = _resolve(config.path, base)
@@ -26,8 +26,6 @@ class FileSource:
 
     def read(self, state: dict[str, Any]) -> Iterator[Batch]:
         sha = file_digest(self.path)
-        if sha in state.get("done", []):
-            return
         yield Batch(batch_id=f"b-{sha[:16]}", frame=read_file(self.path), source=str(self.path),
                     content_sha256=sha, position={"sha": sha})
 
