@@ -92,9 +92,26 @@ def spec_schema() -> None:
 
 @app.command()
 def ingest(file: Optional[Path] = typer.Argument(None, help="File to ingest (default: the spec's sources)."),
+           follow: bool = typer.Option(False, "--follow", "-f",
+                                       help="Keep reading the spec's sources for new batches until Ctrl-C."),
+           max_batches: Optional[int] = typer.Option(None, "--max-batches", min=1,
+                                                     help="Stop after this many batches."),
+           source: Optional[list[str]] = typer.Option(None, "--source",
+                                                      help="Read only the source of this name (repeatable)."),
            spec: str = SpecOption, as_json: bool = JsonOption) -> None:
-    """Validate a batch and commit its accepted rows; quarantine the rest with reasons."""
+    """Validate a batch and commit its accepted rows; quarantine the rest with reasons.
+
+    Without FILE, read the spec's sources once, or continually with --follow.
+
+    Stopping or crashing at any point loses nothing and applies nothing twice.
+    """
+    if file is not None and (follow or max_batches or source):
+        raise typer.BadParameter("FILE cannot be combined with --follow, --max-batches or --source",
+                                 param_hint="FILE")
     with _project(spec) as project:
+        if file is None and (follow or max_batches or source):
+            _ingest_sources(project, follow=follow, max_batches=max_batches, names=source, as_json=as_json)
+            return
         reports = project.ingest(file)
     if as_json:
         _out([r.as_dict() for r in reports])
@@ -109,11 +126,133 @@ def ingest(file: Optional[Path] = typer.Argument(None, help="File to ingest (def
             typer.echo(f"  quarantined for {col}: {count}")
 
 
+class _EnoughBatches(Exception):
+    """Raised after a batch landed, to stop following at a batch boundary."""
+
+
+def _ingest_sources(project: Any, *, follow: bool, max_batches: Optional[int], names: Optional[list[str]],
+                    as_json: bool) -> None:
+    """Run the ingester over the spec's sources; the first Ctrl-C stops after the current batch."""
+    import signal
+    import threading
+
+    from tidal.data.ingester import follow as follow_sources, open_sources
+    from tidal.errors import SpecError
+
+    opened = open_sources(project.spec, project.spec_path.parent)
+    unknown = [n for n in names or [] if n not in {s.name for s in opened}]
+    if unknown:
+        raise SpecError(f"no source named {', '.join(map(repr, unknown))} can be read by the ingester",
+                        fix=f"use one of: {', '.join(s.name for s in opened) or '(none)'}; "
+                            "http sources receive batches on the server's POST /v1/ingest")
+    sources = [s for s in opened if not names or s.name in names]
+    if not sources:
+        typer.echo("no sources to read (http sources receive batches on the server's POST /v1/ingest)", err=True)
+        return
+    total = {"batches": 0, "accepted": 0, "quarantined": 0, "stop": False}
+
+    def on_batch(src: Any, r: Any) -> None:
+        total["batches"] += 1
+        if not r.already_ingested:
+            total["accepted"] += r.rows_accepted
+            total["quarantined"] += r.rows_quarantined
+        if as_json:
+            typer.echo(json.dumps(r.as_dict(), default=str))
+        else:
+            what = ("already ingested" if r.already_ingested else
+                    f"{r.rows_accepted} accepted, {r.rows_quarantined} quarantined (events version {r.events_version})")
+            if r.status == "held":
+                what += " - batch held: " + "; ".join(c["message"] for c in r.failed_checks)
+            typer.echo(f"{src.name}: batch {r.batch_id}: {what}; total {total['accepted']} accepted, "
+                       f"{total['quarantined']} quarantined in {total['batches']} batches")
+        if total["stop"] or (max_batches is not None and total["batches"] >= max_batches):
+            raise _EnoughBatches
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if total["stop"]:
+            raise KeyboardInterrupt
+        total["stop"] = True
+        typer.echo("stopping after the current batch (Ctrl-C again to stop at once)", err=True)
+
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    try:
+        follow_sources(project.ws, project.spec, sources, max_batches=max_batches, on_batch=on_batch,
+                       model=project.guard_model(), until=(lambda: total["stop"]) if follow else (lambda: True))
+    except (_EnoughBatches, KeyboardInterrupt):
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for s in opened:
+            s.close()
+    if not as_json:
+        typer.echo(f"{'stopped' if total['stop'] else 'done'}: {total['batches']} batches, "
+                   f"{total['accepted']} rows accepted, {total['quarantined']} quarantined", err=True)
+
+
+quarantine_app = typer.Typer(no_args_is_help=True, help="Review held rows: list, show, release or drop them.")
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("list")
+def quarantine_list(all_batches: bool = typer.Option(False, "--all", help="Include released and dropped batches."),
+                    spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+    """Batches with quarantined rows, their status and main reasons."""
+    from tidal.data.quarantine import list_quarantine
+
+    with _project(spec) as project:
+        rows = list_quarantine(project.ws, include_decided=all_batches)
+    if as_json:
+        _out(rows)
+        return
+    for r in rows:
+        r["reasons"] = ", ".join(f"{k} ({v})" for k, v in r["reasons"].items())
+    _table(rows, ["batch_id", "rows", "status", "source", "reasons"], "quarantine")
+
+
+@quarantine_app.command("show")
+def quarantine_show(batch_id: str, limit: int = typer.Option(20, help="Rows to show."),
+                    spec: str = SpecOption) -> None:
+    """A quarantined batch's rows with their reasons."""
+    from tidal.data.quarantine import show_quarantine
+
+    with _project(spec) as project:
+        _out(show_quarantine(project.ws, batch_id, limit=limit))
+
+
+@quarantine_app.command("release")
+def quarantine_release(batch_id: str, reason: str = typer.Option(..., help="Why, for the record."),
+                       spec: str = SpecOption) -> None:
+    """Let a batch's held rows into the lake under their original batch id."""
+    from tidal.data.quarantine import release
+    from tidal.infra.actor import current_actor
+
+    with _project(spec) as project:
+        out = release(project.ws, project.spec, batch_id, actor=current_actor(), reason=reason)
+    typer.echo(f"released {out['released']} rows of batch {batch_id} (events version {out['events_version']})"
+               + (f"; {out['still_failing']} still fail the schema and stay" if out["still_failing"] else ""))
+
+
+@quarantine_app.command("drop")
+def quarantine_drop(batch_id: str, reason: str = typer.Option(..., help="Why, for the record."),
+                    spec: str = SpecOption) -> None:
+    """Keep a batch's held rows out of the lake for good."""
+    from tidal.data.quarantine import drop
+    from tidal.infra.actor import current_actor
+
+    with _project(spec) as project:
+        out = drop(project.ws, batch_id, actor=current_actor(), reason=reason)
+    typer.echo(f"dropped {out['dropped']} rows of batch {batch_id}")
+
+
 @app.command()
-def train(spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+def train(data_version: Optional[int] = typer.Option(
+               None, "--data-version", help="Train on this version of the events table (default: the newest)."),
+           spec: str = SpecOption, as_json: bool = JsonOption) -> None:
     """Fit the feature pipeline and a LightGBM model; register it as a candidate."""
     with _project(spec) as project:
-        result = project.train()
+        result = project.train(data_versions=None if data_version is None else {"events": data_version})
     if as_json:
         _out({"run_id": result.run_id, "version": result.version, "metrics": result.metrics})
         return

@@ -112,6 +112,20 @@ class NotReady(TidalError, RuntimeError):
     code = "not_ready"
 
 
+class PayloadTooLarge(TidalError, ValueError):
+    """A request body is larger than the endpoint accepts."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ServiceDisabled(TidalError, RuntimeError):
+    """A route is switched off until it is configured (e.g. its token is not set)."""
+
+    status_code = 503
+    code = "disabled"
+
+
 class Unauthorized(TidalError, PermissionError):
     """A protected endpoint was called without the right token."""
 

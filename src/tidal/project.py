@@ -53,21 +53,14 @@ class Project:
     # data ------------------------------------------------------------------------------
     def guard_model(self) -> Any:
         """The production model as the poisoning guard uses it, or None before one exists."""
-        from tidal.data.checks import ReferenceModel
         from tidal.errors import ModelNotFound
+        from tidal.registry.bundle import guard_model
 
         try:
-            row, bundle = self.registry.load("production")
+            _, bundle = self.registry.load("production")
         except ModelNotFound:
             return None
-        slope = bundle.metrics.get("test", {}).get("label_slope")
-        if not slope:
-            return None
-
-        def score(frame: Any) -> Any:
-            return bundle.booster.predict(bundle.pipeline.transform_arrow(frame.to_arrow()))
-
-        return ReferenceModel(score=score, label_slope=slope)
+        return guard_model(bundle)
 
     def ingest(self, path: str | Path | None = None, *, trust: str | None = None) -> list[Any]:
         """Ingest one file, or every source of the spec once when no path is given."""

@@ -233,6 +233,7 @@ class Serving(_Model):
     log_buffer_size: int = Field(100_000, gt=0, description="Most predictions held in memory before the flush; more are dropped and counted.")
     flush_interval_s: float = Field(1.0, gt=0, description="Seconds between flushes of the prediction log to the lake.")
     reload_interval_s: float = Field(1.0, gt=0, description="Seconds between checks for a new production model.")
+    admin_token_env: str = Field("TIDAL_ADMIN_TOKEN", description="Environment variable holding the bearer token of the admin routes (quarantine); unset disables them.")
 
 
 class Workspace(_Model):

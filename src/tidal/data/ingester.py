@@ -56,7 +56,7 @@ def follow(ws: Workspace, spec: Spec, sources: list[Source], *, interval_s: floa
             count += len(reports)
             if (max_batches is not None and count >= max_batches) or (until and until()):
                 return count
-            if not reports:
+            if not any(not r.already_ingested for r in reports):  # nothing new: wait before polling again
                 time.sleep(interval_s)
     finally:
         for s in sources:

@@ -3,7 +3,7 @@
 Built from the ``events`` table (only accepted or released rows ever reach it) at a given
 version and cached in the workspace: a JSON profile (quantiles, bins, category shares,
 label mix, range bounds) and a Parquet sample of up to ``SAMPLE_ROWS`` rows used to
-measure the reference's own duplicate and outlier rates at a batch's size.
+measure the reference's own duplicate and outlier rates at a batch's size (the newest rows).
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def load_reference(ws: Workspace, spec: Spec, version: int | None = None) -> Ref
         return None
     df = pl.from_arrow(table)
     profile = _profile(df, spec)
-    sample = df.sample(n=min(SAMPLE_ROWS, df.height), seed=0) if df.height else df
+    # the newest rows (the table is in commit order): batches are compared with recent data,
+    # whose own rate of repeats (a daily flight, a weekly order) matches a batch's
+    sample = df.tail(SAMPLE_ROWS)
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_write(sample_path, lambda p: sample.write_parquet(p))
     _atomic_write(profile_path, lambda p: Path(p).write_text(json.dumps(profile)))

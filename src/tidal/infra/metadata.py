@@ -95,6 +95,17 @@ source_state = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+quarantine_decisions = sa.Table(
+    "quarantine_decisions", meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
 _JSON_COLUMNS = {"params", "metrics", "data_versions", "report", "result", "details", "state"}
 
 

@@ -49,6 +49,20 @@ class Bundle:
         return sum((self.path / f).stat().st_size for f in (*FILES, MANIFEST))
 
 
+def guard_model(bundle: Bundle) -> Any:
+    """The bundle as the poisoning guard uses it (a scorer and the held-out label slope), or None."""
+    from tidal.data.checks import ReferenceModel
+
+    slope = bundle.metrics.get("test", {}).get("label_slope")
+    if not slope:
+        return None
+
+    def score(frame: Any) -> Any:
+        return bundle.booster.predict(bundle.pipeline.transform_arrow(frame.to_arrow()))
+
+    return ReferenceModel(score=score, label_slope=slope)
+
+
 def write_bundle(path: Path, *, model_text: str, pipeline: FeaturePipeline, signature: dict[str, Any],
                  metrics: dict[str, Any], reference: dict[str, Any]) -> str:
     """Write a bundle atomically (temp folder, then rename) and return its manifest's sha256."""

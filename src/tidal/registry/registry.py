@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import Any
 
 import sqlalchemy as sa
 
 from tidal.errors import ModelNotFound, StateError
+from tidal.infra.actor import current_actor
 from tidal.infra.metadata import model_versions, now, stage_events
 from tidal.infra.workspace import Workspace
 from tidal.registry.bundle import Bundle, load_bundle
 
 STAGES = ("candidate", "production", "archived")
-
-
-def _actor(actor: str | None) -> str:
-    if actor:
-        return actor
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "unknown"
 
 
 class Registry:
@@ -42,7 +33,7 @@ class Registry:
                 manifest_sha256=manifest_sha256, metrics=json.dumps(metrics, default=float),
                 created_at=now()))
             conn.execute(stage_events.insert().values(
-                version=version, from_stage=None, to_stage="candidate", actor=_actor(actor),
+                version=version, from_stage=None, to_stage="candidate", actor=current_actor(actor),
                 reason=f"registered from run {run_id}", at=now()))
         return version
 
@@ -86,7 +77,7 @@ class Registry:
         if current is not None:
             changes.append((current["version"], "production", "archived"))
         changes.append((row["version"], row["stage"], "production"))
-        self.ws.store.set_stages(changes, actor=_actor(actor), reason=reason)
+        self.ws.store.set_stages(changes, actor=current_actor(actor), reason=reason)
         return self.resolve(row["version"])
 
     def rollback(self, *, actor: str | None = None, reason: str = "rollback") -> dict[str, Any]:
@@ -103,7 +94,7 @@ class Registry:
         load_bundle(previous["bundle_path"], expected_manifest_sha256=previous["manifest_sha256"])
         self.ws.store.set_stages([(current["version"], "production", "archived"),
                                   (previous["version"], previous["stage"], "production")],
-                                 actor=_actor(actor), reason=reason)
+                                 actor=current_actor(actor), reason=reason)
         return self.resolve(previous["version"])
 
     def history(self) -> list[dict[str, Any]]:

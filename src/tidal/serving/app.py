@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
 from tidal.infra.workspace import Workspace
 from tidal.registry.registry import Registry
+from tidal.serving.admin_routes import add_admin_routes
+from tidal.serving.ingest_routes import add_ingest_routes
 from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import Predictor
 from tidal.serving.schema import FeedbackResponse, PredictResponse, feedback_model, record_model
@@ -249,13 +251,15 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_CountRequests, counter=state.metrics.requests)
+    add_ingest_routes(app, state)
+    add_admin_routes(app, state)
     return app
 
 
 class _CountRequests:
     """Pure ASGI middleware counting responses by route and status (cheap: no request wrapping)."""
 
-    ROUTES = {"/v1/predict", "/v1/feedback", "/healthz", "/readyz", "/metrics"}
+    ROUTES = {"/v1/predict", "/v1/feedback", "/v1/ingest", "/v1/quarantine", "/healthz", "/readyz", "/metrics"}
 
     def __init__(self, app: Any, *, counter: Counter) -> None:
         self.app = app

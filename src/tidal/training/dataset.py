@@ -68,7 +68,13 @@ def split_holdout(table: pa.Table, share: float) -> tuple[pa.Table, pa.Table]:
 
 def training_table(ws: Workspace, spec: Spec, data_versions: dict[str, Any]) -> pa.Table:
     """The exact training set named by ``data_versions`` (as recorded in a run)."""
-    events = ws.lake.read("events", version=data_versions.get("events"))
+    newest = ws.lake.version("events")
+    wanted = data_versions.get("events")
+    if newest is None:
+        raise StateError("there is no accepted data to train on", fix="run `tidal ingest FILE` first")
+    if wanted is not None and not 0 <= wanted <= newest:
+        raise StateError(f"events version {wanted} does not exist", fix=f"choose a version from 0 to {newest}")
+    events = ws.lake.read("events", version=wanted)
     if events is None or events.num_rows == 0:
         raise StateError("there is no accepted data to train on", fix="run `tidal ingest FILE` first")
     keep = [c for c in (*spec.features, spec.target, spec.entity_key, spec.event_time) if c]

@@ -5,6 +5,10 @@ acknowledged), then reads new ones. Each message is one row whose fields are the
 A batch's id follows from the stream and its first and last message ids, so a replayed
 batch (same pending entries, same ``batch_size``) is recognised by the ingester and is
 not applied twice; ``commit()`` then acknowledges exactly its ids.
+
+The group is created at the start of the stream, so messages already in it are read too.
+Only this consumer's own pending entries are replayed: renaming the consumer strands the
+old name's (see ``XPENDING`` / ``XAUTOCLAIM``).
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ replayed after a crash is recognised by the ingester.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,24 @@ def decode_watermark(saved: dict[str, Any]) -> Any:
     if kind == "decimal":
         return Decimal(value)
     return {"int": int, "float": float}.get(kind, str)(value)
+
+
+_NATIVE = (str, int, float, Decimal, date, datetime, time, timedelta, bytes)
+
+
+def _frame(columns: list[str], rows: list[tuple]) -> pl.DataFrame:
+    """Rows as a frame; values Polars cannot hold natively (UUIDs, JSON, arrays...) become text."""
+    odd = {i for i in range(len(columns))
+           if not isinstance(next((r[i] for r in rows if r[i] is not None), ""), _NATIVE)}
+    if odd:
+        rows = [tuple(_as_text(v) if i in odd else v for i, v in enumerate(r)) for r in rows]
+    return pl.DataFrame(rows, schema=columns, orient="row", infer_schema_length=None)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
 
 
 @register_source("sql")
@@ -130,7 +149,7 @@ class SqlSource:
                 return
             high = rows[-1][columns.index(self.watermark)]
             encoded = encode_watermark(high)
-            frame = pl.DataFrame(rows, schema=columns, orient="row", infer_schema_length=None)
+            frame = _frame(columns, rows)
             sha = digest("sql", self.name, low_text, encoded["value"])
             yield Batch(batch_id=f"b-{sha[:16]}", frame=frame, source=self.name, content_sha256=sha,
                         position={"watermark": encoded, "rows": len(rows)})
