@@ -56,7 +56,22 @@ def bench_ingest_and_score(tmp: Path) -> None:
     report = project.ingest(src)[0]
     secs = time.perf_counter() - t
     print(f"ingest  vega_flights_3m.parquet: {report.rows_total:,} rows validated and committed in {secs:.2f} s "
-          f"= {report.rows_total / secs / 1e6:.2f} M rows/s ({report.rows_quarantined} quarantined)")
+          f"= {report.rows_total / secs / 1e6:.2f} M rows/s ({report.rows_quarantined} quarantined; "
+          f"first batch: schema and batch checks, no reference yet)")
+    # the same file as a 1M-row trusted history, then 2M rows checked against it as well
+    guarded = _project(tmp / "flights_guarded", FLIGHTS_SPEC)
+    frame = pl.read_parquet(src)
+    frame.head(1_000_000).write_parquet(tmp / "history.parquet")
+    frame.slice(1_000_000).write_parquet(tmp / "new.parquet")
+    guarded.ingest(tmp / "history.parquet")
+    t = time.perf_counter()
+    report = guarded.ingest(tmp / "new.parquet")[0]
+    secs = time.perf_counter() - t
+    print(f"ingest  the last 2M rows against the first 1M as reference: {secs:.2f} s = "
+          f"{report.rows_total / secs / 1e6:.2f} M rows/s, {len(report.checks)} batch checks "
+          f"({len(report.failed_checks)} failed: {', '.join(c['check'] for c in report.failed_checks) or 'none'}; "
+          f"status {report.status})")
+    guarded.close()
     t = time.perf_counter()
     result = project.train()
     print(f"train   flights regression on {result.metrics['data_rows']:,} rows: {time.perf_counter() - t:.1f} s "
