@@ -87,6 +87,7 @@ class ServerState:
                                      capacity=spec.serving.log_buffer_size)
         self.labels = LogBuffer(lake=ws.lake, table="labels", schema=LABEL_SCHEMA,
                                 capacity=spec.serving.log_buffer_size)
+        self.logged_columns = [f.name for f in self.predictions.schema if not f.name.startswith("_")]
 
     def load_production(self) -> bool:
         """Load the production version if it differs from the one in service; True if swapped."""
@@ -99,6 +100,29 @@ class ServerState:
         self.metrics.swaps.inc()
         log.info("serving model version %s", row["version"])
         return True
+
+    def score(self, records: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """Score validated records with the model in service and log each prediction.
+
+        Every protocol (tidal's /v1, OIP v2, MLflow's /invocations) comes through here.
+        """
+        predictor = self.predictor  # read once: a swap mid-request cannot mix two models
+        if predictor is None:
+            raise NotReady("no model is in production yet", fix="run `tidal promote latest`")
+        scores = predictor.scores(records)
+        preds, probs, decisions = predictor.outputs(scores)
+        now = datetime.now(timezone.utc)
+        out = []
+        for rec, pred, prob, dec, score in zip(records, preds, probs, decisions, scores.tolist()):
+            pid = uuid.uuid4().hex
+            out.append({"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec})
+            row = {"_id": pid, "_ts": now, "_version": predictor.version, "_score": score,
+                   "_prediction": str(pred), "_decision": str(dec)}
+            for name in self.logged_columns:
+                row[name] = rec.get(name)
+            self.predictions.append(row)
+        self.metrics.predictions.labels(str(predictor.version)).inc(len(records))
+        return predictor.version, out
 
     def flush(self) -> None:
         for buf in (self.predictions, self.labels):
@@ -121,8 +145,6 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     Feedback = feedback_model(spec)
     one_record, many_records = TypeAdapter(Record), TypeAdapter(list[Record])
     one_feedback, many_feedback = TypeAdapter(Feedback), TypeAdapter(list[Feedback])
-    feature_names = list(spec.features)
-    extra_logged = [spec.entity_key] if spec.entity_key and spec.entity_key not in spec.features else []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -184,27 +206,10 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
                       {"type": "array", "items": {"$ref": f"#/components/schemas/{Record.__name__}"}}]}}}}})
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        predictor = state.predictor
-        if predictor is None:
-            raise NotReady("no model is in production yet", fix="run `tidal promote latest`")
         records = [r.__dict__ for r in _parse(await request.body(), one_record, many_records, "record")]
-        scores = predictor.scores(records)
-        preds, probs, decisions = predictor.outputs(scores)
-        now = datetime.now(timezone.utc)
-        out = []
-        for rec, pred, prob, dec, score in zip(records, preds, probs, decisions, scores.tolist()):
-            pid = uuid.uuid4().hex
-            out.append({"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec})
-            row = {"_id": pid, "_ts": now, "_version": predictor.version, "_score": score,
-                   "_prediction": str(pred), "_decision": str(dec)}
-            for name in feature_names:
-                row[name] = rec.get(name)
-            for name in extra_logged:
-                row[name] = rec.get(name)
-            state.predictions.append(row)
-        state.metrics.predictions.labels(str(predictor.version)).inc(len(records))
+        version, out = state.score(records)
         state.metrics.latency.observe(time.perf_counter() - started)
-        return Response(orjson.dumps({"model_version": predictor.version, "predictions": out}),
+        return Response(orjson.dumps({"model_version": version, "predictions": out}),
                         media_type="application/json")
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, openapi_extra={"requestBody": {
