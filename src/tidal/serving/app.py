@@ -28,6 +28,7 @@ from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
 from tidal.infra.workspace import Workspace
 from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes
+from tidal.serving.compat_routes import add_compat_routes
 from tidal.serving.ingest_routes import add_ingest_routes
 from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import Predictor
@@ -258,13 +259,15 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     app.add_middleware(_CountRequests, counter=state.metrics.requests)
     add_ingest_routes(app, state)
     add_admin_routes(app, state)
+    add_compat_routes(app, state, Record)
     return app
 
 
 class _CountRequests:
     """Pure ASGI middleware counting responses by route and status (cheap: no request wrapping)."""
 
-    ROUTES = {"/v1/predict", "/v1/feedback", "/v1/ingest", "/v1/quarantine", "/healthz", "/readyz", "/metrics"}
+    ROUTES = {"/v1/predict", "/v1/feedback", "/v1/ingest", "/v1/quarantine", "/invocations", "/healthz", "/readyz",
+              "/metrics"}
 
     def __init__(self, app: Any, *, counter: Counter) -> None:
         self.app = app
@@ -285,7 +288,8 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope["path"] if scope["path"] in self.ROUTES else "other"
+            path = scope["path"]
+            route = path if path in self.ROUTES else "/v2" if path.startswith("/v2/") else "other"
             self.counter.labels(route, str(status)).inc()
 
 
