@@ -106,7 +106,15 @@ quarantine_decisions = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 
-_JSON_COLUMNS = {"params", "metrics", "data_versions", "report", "result", "details", "state"}
+contracts = sa.Table(
+    "contracts", meta,
+    sa.Column("api", sa.String(16), primary_key=True),
+    sa.Column("contract", sa.Text, nullable=False),
+    sa.Column("from_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+_JSON_COLUMNS = {"params", "metrics", "data_versions", "report", "result", "details", "state", "contract"}
 
 
 def now() -> datetime:

@@ -11,6 +11,7 @@ from tidal.errors import ModelNotFound, StateError
 from tidal.infra.actor import current_actor
 from tidal.infra.metadata import model_versions, now, stage_events
 from tidal.infra.workspace import Workspace
+from tidal.registry import contracts
 from tidal.registry.bundle import Bundle, load_bundle
 
 STAGES = ("candidate", "production", "archived")
@@ -70,8 +71,9 @@ class Registry:
         row = self.resolve(version)
         if row["stage"] == "production":
             raise StateError(f"model version {row['version']} is already in production")
-        # verify the bundle before it can serve
-        load_bundle(row["bundle_path"], expected_manifest_sha256=row["manifest_sha256"])
+        # verify the bundle, and that it keeps the API's contract, before it can serve
+        bundle = load_bundle(row["bundle_path"], expected_manifest_sha256=row["manifest_sha256"])
+        contracts.enforce(self.ws, bundle.signature, version=row["version"])
         changes: list[tuple[int, str | None, str]] = []
         current = self.ws.store.production()
         if current is not None:
@@ -91,7 +93,8 @@ class Registry:
             raise StateError(f"model version {current['version']} is the only one ever in production",
                              fix="promote another version instead")
         previous = self.resolve(history[-1]["version"])
-        load_bundle(previous["bundle_path"], expected_manifest_sha256=previous["manifest_sha256"])
+        bundle = load_bundle(previous["bundle_path"], expected_manifest_sha256=previous["manifest_sha256"])
+        contracts.enforce(self.ws, bundle.signature, version=previous["version"])
         self.ws.store.set_stages([(current["version"], "production", "archived"),
                                   (previous["version"], previous["stage"], "production")],
                                  actor=current_actor(actor), reason=reason)
