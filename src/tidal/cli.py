@@ -98,21 +98,30 @@ def ingest(file: Optional[Path] = typer.Argument(None, help="File to ingest (def
                                                      help="Stop after this many batches."),
            source: Optional[list[str]] = typer.Option(None, "--source",
                                                       help="Read only the source of this name (repeatable)."),
+           lookup: Optional[str] = typer.Option(None, "--lookup",
+                                                help="Ingest rows of this lookup (FILE, or its spec source)."),
            spec: str = SpecOption, as_json: bool = JsonOption) -> None:
     """Validate a batch and commit its accepted rows; quarantine the rest with reasons.
 
     Without FILE, read the spec's sources once, or continually with --follow.
+    With --lookup NAME, the rows are the lookup's (FILE, or else lookups.NAME.source).
 
     Stopping or crashing at any point loses nothing and applies nothing twice.
     """
     if file is not None and (follow or max_batches or source):
         raise typer.BadParameter("FILE cannot be combined with --follow, --max-batches or --source",
                                  param_hint="FILE")
+    if lookup is not None and (follow or max_batches or source):
+        raise typer.BadParameter("--lookup reads one FILE or the lookup's source once; it cannot be combined "
+                                 "with --follow, --max-batches or --source", param_hint="--lookup")
     with _project(spec) as project:
-        if file is None and (follow or max_batches or source):
+        if lookup is not None:
+            reports = project.ingest_lookup(lookup, file)
+        elif file is None and (follow or max_batches or source):
             _ingest_sources(project, follow=follow, max_batches=max_batches, names=source, as_json=as_json)
             return
-        reports = project.ingest(file)
+        else:
+            reports = project.ingest(file)
     if as_json:
         _out([r.as_dict() for r in reports])
         return
@@ -120,8 +129,10 @@ def ingest(file: Optional[Path] = typer.Argument(None, help="File to ingest (def
         if r.already_ingested:
             typer.echo(f"{r.source}: already ingested as batch {r.batch_id}; nothing to do")
             continue
+        where = (f"lookup_{r.lookup} version {r.lookup_version}" if r.lookup
+                 else f"events version {r.events_version}")
         typer.echo(f"{r.source}: batch {r.batch_id}: {r.rows_accepted} of {r.rows_total} rows accepted, "
-                   f"{r.rows_quarantined} quarantined (events version {r.events_version})")
+                   f"{r.rows_quarantined} quarantined ({where})")
         for col, count in sorted(r.reasons.items()):
             typer.echo(f"  quarantined for {col}: {count}")
 
@@ -230,7 +241,9 @@ def quarantine_release(batch_id: str, reason: str = typer.Option(..., help="Why,
 
     with _project(spec) as project:
         out = release(project.ws, project.spec, batch_id, actor=current_actor(), reason=reason)
-    typer.echo(f"released {out['released']} rows of batch {batch_id} (events version {out['events_version']})"
+    where = (f"lookup_{out['lookup']} version {out['lookup_version']}" if out.get("lookup")
+             else f"events version {out['events_version']}")
+    typer.echo(f"released {out['released']} rows of batch {batch_id} ({where})"
                + (f"; {out['still_failing']} still fail the schema and stay" if out["still_failing"] else ""))
 
 
@@ -285,6 +298,60 @@ def evaluate(version: str = typer.Argument("latest", help="Version number, 'late
 
 
 @app.command()
+def report(version: str = typer.Argument("latest", help="Version number, 'latest' or 'production'."),
+           champion: str = typer.Option("production", "--champion",
+                                        help="Version to compare with on the same held-out rows: a number, "
+                                             "'production' or 'none'."),
+           html: Optional[Path] = typer.Option(None, "--html",
+                                               help="Where to write the HTML page (default: the workspace's "
+                                                    "reports/ folder)."),
+           spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+    """The evaluation report: metrics, business cost, calibration, slices, fairness, baseline and champion.
+
+    Writes an HTML page with the plots (it works offline) and prints a summary.
+    """
+    with _project(spec) as project:
+        r = project.report(version, champion=None if champion.lower() == "none" else champion,
+                           html=html or True)
+    if as_json:
+        _out(r)
+        return
+    m = r["metrics"]
+    typer.echo(f"model version {r['version']} on {r['rows']} held-out rows ({r['split']} split):")
+    figures = [(k, m.get(k)) for k in ("auc", "pr_auc", "log_loss", "brier", "rmse", "mae")]
+    if "calibration" in r:
+        figures.append(("ECE", r["calibration"]["ece"]))
+    typer.echo("  " + "  ".join(f"{k} {v:.4f}" for k, v in figures if v is not None))
+    if r["task"] == "binary":
+        typer.echo(f"  cost per row at the threshold {m['threshold']:.3f}: {m['cost_per_row']:.4f}; "
+                   f"at 0.5: {m['cost_per_row_at_0_5']:.4f}")
+    else:
+        typer.echo(f"  cost per row with the offset {m['offset']:+.3f}: {m['cost_per_row']:.4f}; "
+                   f"without: {m['cost_per_row_unadjusted']:.4f}")
+    cost = next((row for row in r["comparison"]["rows"] if row["metric"] == "cost_per_row"), {})
+    if cost.get("baseline") is not None:
+        typer.echo(f"  baseline ({r['comparison']['baseline_model']}): cost per row {cost['baseline']:.4f} "
+                   f"(this version is {'not worse' if cost['better_than_baseline'] else 'worse'})")
+    champ = r["comparison"].get("champion")
+    if champ and "better_than_champion" in cost:
+        typer.echo(f"  champion version {champ['version']}: cost per row {cost['champion']:.4f} against this "
+                   f"version's {cost['candidate_on_champion_rows']:.4f} on the {champ['rows']} held-out rows "
+                   f"neither was fitted on (this version is {'not worse' if cost['better_than_champion'] else 'WORSE'})")
+    elif champ:
+        typer.echo(f"  champion: {champ['note']}")
+    for name, a in r["fairness"].get("attributes", {}).items():
+        gaps = [f"{label} {a[key]['value']:.3f}" + (f" (limit {a[key]['limit']:g}: "
+                                                   f"{'pass' if a[key]['passed'] else 'FAIL'})"
+                                                   if a[key]["passed"] is not None else "")
+                for key, label in (("demographic_parity_difference", "parity gap"),
+                                   ("equal_opportunity_difference", "opportunity gap")) if a[key]["value"] is not None]
+        typer.echo(f"  fairness on {name}: " + ("; ".join(gaps) or "not judged (groups too small)"))
+    for failure in r["fairness"]["failures"]:
+        typer.echo(f"  FAIL {failure}")
+    typer.echo(f"report: {r['html']}")
+
+
+@app.command()
 def models(spec: str = SpecOption, as_json: bool = JsonOption) -> None:
     """List model versions and their stages."""
     with _project(spec) as project:
@@ -309,6 +376,42 @@ def promote(version: str = typer.Argument(..., help="Version number or 'latest'.
     typer.echo(f"model version {row['version']} is now in production")
 
 
+contract_app = typer.Typer(no_args_is_help=True, help="The API contract old clients rely on.")
+app.add_typer(contract_app, name="contract")
+
+
+@contract_app.command("show")
+def contract_show(spec: str = SpecOption) -> None:
+    """Print the /v1 contract (frozen by the first promotion)."""
+    from tidal.registry.contracts import stored
+
+    with _project(spec) as project:
+        contract = stored(project.ws)
+    if contract is None:
+        typer.echo("no contract yet: the first promoted model version freezes it")
+        return
+    _out(contract)
+
+
+@contract_app.command("check")
+def contract_check(version: str = typer.Argument("latest", help="Version number or 'latest'."),
+                   spec: str = SpecOption) -> None:
+    """Explain whether a model version may serve /v1 without breaking old clients."""
+    from tidal.errors import StateError
+    from tidal.registry.contracts import check, stored
+
+    with _project(spec) as project:
+        row, bundle = project.registry.load(version)
+        if stored(project.ws) is None:
+            typer.echo(f"no contract yet: promoting version {row['version']} will freeze it")
+            return
+        problems = check(project.ws, bundle.signature, version=row["version"])
+    if problems:
+        raise StateError(f"model version {row['version']} breaks the /v1 contract", problems=problems)
+    typer.echo(f"model version {row['version']} keeps the /v1 contract: every request valid under it is accepted "
+               "and the response fields are the same")
+
+
 @app.command()
 def rollback(reason: str = typer.Option("rolled back by hand", help="Why, for the audit trail."),
              spec: str = SpecOption) -> None:
@@ -318,18 +421,86 @@ def rollback(reason: str = typer.Option("rolled back by hand", help="Why, for th
     typer.echo(f"rolled back: model version {row['version']} is in production again")
 
 
-@app.command()
-def runs(spec: str = SpecOption, as_json: bool = JsonOption) -> None:
-    """List training runs."""
+runs_app = typer.Typer(invoke_without_command=True,
+                       help="Training runs: list them (the default), show one, or compare two.")
+app.add_typer(runs_app, name="runs")
+RunSpecOption = typer.Option(None, "--spec", "-s", help="Path of the spec file (default: the one given to `runs`).")
+
+
+@runs_app.callback()
+def runs_default(ctx: typer.Context, spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+    """Training runs: `tidal runs` lists them, like `tidal runs list`."""
+    ctx.obj = spec
+    if ctx.invoked_subcommand is None:
+        _runs_list(spec, as_json)
+
+
+@runs_app.command("list")
+def runs_list(ctx: typer.Context, spec: Optional[str] = RunSpecOption, as_json: bool = JsonOption) -> None:
+    """Every run with its kind, status, held-out figures, data version, duration and code version."""
+    _runs_list(spec or ctx.obj, as_json)
+
+
+def _runs_list(spec: str, as_json: bool) -> None:
     with _project(spec) as project:
         rows = project.runs()
     if as_json:
         _out(rows)
         return
     for r in rows:
-        r["auc"] = r["metrics"].get("test", {}).get("auc")
-        r["events_version"] = r["data_versions"].get("events")
-    _table(rows, ["run_id", "kind", "status", "auc", "events_version", "code_version"], "runs")
+        test = r["metrics"].get("test", {})
+        r.update(auc=test.get("auc"), rmse=test.get("rmse"), cost_per_row=test.get("cost_per_row"),
+                 events_version=r["data_versions"].get("events"),
+                 duration_s=None if r["duration_s"] is None else f"{r['duration_s']:.2f}")
+    columns = ["run_id", "kind", "status", "auc", "rmse", "cost_per_row", "events_version", "duration_s",
+               "code_version"]
+    _table(rows, [c for c in columns if c not in ("auc", "rmse") or any(r[c] is not None for r in rows)], "runs")
+
+
+@runs_app.command("show")
+def runs_show(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id (see `tidal runs list`)."),
+              spec: Optional[str] = RunSpecOption, as_json: bool = JsonOption) -> None:
+    """One run: parameters, metrics, data versions, code version, duration and artifact files."""
+    with _project(spec or ctx.obj) as project:
+        run = project.run(run_id)
+    if as_json:
+        _out(run)
+        return
+    from tidal.training.runs import flatten
+
+    duration = "running" if run["duration_s"] is None else f"{run['duration_s']:.2f} s"
+    typer.echo(f"run {run['run_id']} ({run['kind']}, {run['status']}), model version {_fmt(run['model_version']) or '-'}")
+    typer.echo(f"  started {_fmt(run['started_at'])}, ended {_fmt(run['ended_at']) or '-'}, duration {duration}")
+    typer.echo(f"  code version {run['code_version']}, spec sha256 {run['spec_sha256'][:12]}")
+    for title in ("data_versions", "params", "metrics"):
+        typer.echo(f"{title.replace('_', ' ')}:")
+        for key, value in flatten(run[title] or {}).items():
+            typer.echo(f"  {key:<40} {_fmt(value)}")
+    typer.echo(f"artifacts ({run['artifact'] or 'none'}):")
+    for f in run["artifacts"]:
+        typer.echo(f"  {f['file']:<40} {f['bytes']:>12,} bytes")
+
+
+@runs_app.command("compare")
+def runs_compare(ctx: typer.Context, run_a: str = typer.Argument(..., help="First run id."),
+                 run_b: str = typer.Argument(..., help="Second run id."),
+                 only_differences: bool = typer.Option(False, "--only-differences", "-d",
+                                                       help="Show only the entries that differ."),
+                 spec: Optional[str] = RunSpecOption, as_json: bool = JsonOption) -> None:
+    """Two runs side by side: parameters, metrics and data versions, with the differences."""
+    with _project(spec or ctx.obj) as project:
+        out = project.compare_runs(run_a, run_b)
+    if as_json:
+        _out(out)
+        return
+    for section in ("run", "data_versions", "params", "metrics"):
+        rows = [r for r in out[section] if r["differs"] or not only_differences]
+        if not rows:
+            typer.echo(f"{section.replace('_', ' ')}: no differences")
+            continue
+        for r in rows:
+            r.update({run_a: r["a"], run_b: r["b"], "difference": r.get("difference", "differs" if r["differs"] else "")})
+        _table(rows, ["key", run_a, run_b, "difference"], section.replace("_", " "))
 
 
 @app.command()
@@ -343,6 +514,73 @@ def serve(host: Optional[str] = typer.Option(None, help="Address to bind (defaul
         typer.echo(f"serving {project.spec.name} on http://{host or project.spec.serving.host}:"
                    f"{port or project.spec.serving.port}", err=True)
         run_server(project.spec, project.ws, host=host, port=port)
+
+
+@app.command()
+def score(input: str = typer.Argument(..., help="CSV or Parquet file, or Delta table folder, to score."),
+          output: Path = typer.Option(..., "--output", "-o", help="Where to write the predictions (*.parquet or *.csv)."),
+          version: str = typer.Option("production", "--version", help="Version number, 'latest' or 'production'."),
+          chunk_rows: int = typer.Option(200_000, "--chunk-rows", min=1, help="Rows per chunk (bounds memory)."),
+          engine: str = typer.Option("auto", "--engine", help="Model engine: auto, native (LightGBM) or compiled "
+                                                               "(lleaves; auto uses it for large inputs when installed)."),
+          strict: bool = typer.Option(False, "--strict", help="Refuse values that cannot be typed instead of "
+                                                               "scoring them as missing."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+    """Batch-score a file or table through the same pipeline and model as online serving.
+
+    Streams the input chunk by chunk (bounded memory); the output holds the entity key (if any),
+    prediction, probability, decision and model_version, and appears only when the run succeeds.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    with _project(spec) as project, Progress(*columns, disable=quiet or as_json, transient=True) as bar:
+        task = bar.add_task("score", total=None, rate="")
+
+        def progress(done: int, total: Optional[int]) -> None:
+            speed = bar.tasks[0].speed
+            bar.update(task, completed=done, total=total, rate=f"{speed:,.0f} rows/s" if speed else "")
+
+        report = project.score(input, output, version=version, chunk_rows=chunk_rows, progress=progress,
+                               engine=engine, strict=strict)
+    if as_json:
+        _out(report.as_dict())
+        return
+    engines = ", ".join(f"{n:,} {name}" for name, n in report.engines.items()) or "none"
+    typer.echo(f"scored {report.rows:,} rows with model version {report.model_version} in {report.seconds:.2f} s "
+               f"({report.rows_per_second:,.0f} rows/s; model: {engines}) -> {report.output}")
+    for col, n in sorted(report.invalid_values.items()):
+        typer.echo(f"  warning: {n:,} value(s) of {col} could not be typed and were scored as missing", err=True)
+    for col, n in sorted(report.missing_required.items()):
+        typer.echo(f"  warning: {n:,} missing value(s) of {col}, which is not nullable, scored as missing", err=True)
+    for note in report.notes:
+        typer.echo(f"  note: {note}", err=True)
+
+
+@app.command()
+def export(format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+           out: Optional[Path] = typer.Option(None, "--output", "-o",
+                                              help="Where to write it (default: WORKSPACE/exports/NAME-vN.onnx)."),
+           version: str = typer.Option("production", "--version", help="Version number, 'latest' or 'production'."),
+           data: Optional[str] = typer.Option(None, "--data", help="Check parity on rows of this file or table "
+                                                                    "(default: the version's held-out rows)."),
+           rows: int = typer.Option(10_000, "--rows", min=1, help="Rows for the parity check."),
+           spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+    """Export pipeline and model as one ONNX graph for the edge, checked for parity and size."""
+    with _project(spec) as project:
+        report = project.export(out, format=format, version=version, data=data, rows=rows)
+    if as_json:
+        _out(report.as_dict())
+        return
+    typer.echo(f"exported model version {report.version} to {report.path}")
+    typer.echo(f"  parity: max |onnx - native| = {report.max_abs_diff:.3g} on {report.rows:,} rows "
+               f"(limit {report.tolerance:g})")
+    typer.echo(f"  size: {report.onnx_bytes / 1e6:.3f} MB ONNX vs {report.bundle_bytes / 1e6:.3f} MB bundle "
+               f"(budget {report.max_size_mb:g} MB)")
+    for note in report.notes:
+        typer.echo(f"  note: {note}")
 
 
 @app.command()

@@ -60,7 +60,29 @@ class Project:
             _, bundle = self.registry.load("production")
         except ModelNotFound:
             return None
-        return guard_model(bundle)
+        model = guard_model(bundle)
+        if model is None or not self.spec.lookups:
+            return model
+        return self._with_lookups(model)
+
+    def _with_lookups(self, model: Any) -> Any:
+        """The guard's scorer given each batch's lookup features, joined point-in-time as in training."""
+        from dataclasses import replace
+
+        import polars as pl
+
+        from tidal.errors import StateError
+        from tidal.features.lookups import join_lookups
+
+        score, spec, lake = model.score, self.spec, self.ws.lake
+
+        def joined(frame: Any) -> Any:
+            try:
+                return score(pl.from_arrow(join_lookups(frame.to_arrow(), spec, lake)))
+            except StateError:  # a lookup without data: score without it rather than fail the batch
+                return score(frame)
+
+        return replace(model, score=joined)
 
     def ingest(self, path: str | Path | None = None, *, trust: str | None = None) -> list[Any]:
         """Ingest one file, or every source of the spec once when no path is given."""
@@ -73,6 +95,15 @@ class Project:
         base = self.spec_path.parent if self.spec_path else Path.cwd()
         return ingest_once(self.ws, self.spec, open_sources(self.spec, base), model=model)
 
+    def ingest_lookup(self, name: str, path: str | Path | None = None) -> list[Any]:
+        """Ingest one file of lookup ``name``, or read its spec source once when no path is given."""
+        from tidal.data.lookups import ingest_lookup_file, ingest_lookup_source
+
+        if path is not None:
+            return [ingest_lookup_file(self.ws, self.spec, name, self.resolve_path(path))]
+        base = self.spec_path.parent if self.spec_path else Path.cwd()
+        return ingest_lookup_source(self.ws, self.spec, name, base)
+
     # training --------------------------------------------------------------------------
     def train(self, *, data_versions: dict[str, Any] | None = None) -> Any:
         from tidal.training.trainer import train
@@ -84,10 +115,36 @@ class Project:
 
         return evaluate(self.ws, self.spec, version)
 
+    def report(self, version: int | str = "latest", *, champion: int | str | None = "production",
+               html: str | Path | bool = True) -> dict[str, Any]:
+        """The evaluation report of ``version`` (see :func:`tidal.training.report.evaluation_report`),
+        compared with ``champion`` (None: no champion). With ``html``, also written as an HTML page,
+        by default into the workspace's ``reports/`` folder; its path is the report's ``html``."""
+        from tidal.training.report import evaluation_report
+        from tidal.training.report_html import write_html
+
+        report = evaluation_report(self.ws, self.spec, version, champion=champion)
+        if html:
+            path = self.ws.root / "reports" / f"{self.spec.name}-v{report['version']}.html" if html is True else html
+            report["html"] = str(write_html(report, path))
+        return report
+
     def runs(self) -> list[dict[str, Any]]:
         from tidal.training.runs import RunTracker
 
         return RunTracker(self.ws).list()
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run: parameters, metrics, data versions, code version, duration and artifact files."""
+        from tidal.training.runs import RunTracker
+
+        return RunTracker(self.ws).show(run_id)
+
+    def compare_runs(self, run_a: str, run_b: str) -> dict[str, Any]:
+        """Two runs side by side: parameters, metrics and data versions, and what differs."""
+        from tidal.training.runs import RunTracker
+
+        return RunTracker(self.ws).compare(run_a, run_b)
 
     # registry --------------------------------------------------------------------------
     @property
@@ -98,19 +155,27 @@ class Project:
 
     def promote(self, version: int | str = "latest", *, actor: str | None = None, reason: str = "promoted",
                 force: bool = False) -> dict[str, Any]:
-        """Put a version in production after checking the spec's guardrails (``force`` skips them)."""
-        from tidal.errors import Problem, StateError
-        from tidal.updating.guardrails import check_guardrails
+        """Put a version in production after the promotion gate (``force`` skips it, and the audit says so).
 
-        row, bundle = self.registry.load(version)
+        The gate checks the spec's guardrails (size, latency, metric floor), its fairness limits,
+        and that the version's held-out cost per row is no worse than the production model's on
+        the same rows; a refusal lists every failed check by name.
+        """
+        from tidal.errors import Problem, StateError
+        from tidal.updating.guardrails import promotion_gate
+
+        row = self.registry.resolve(version)
         if not force:
-            failures = check_guardrails(self.spec, bundle, bundle.metrics.get("test", {}))
+            failures = promotion_gate(self.ws, self.spec, row["version"])
             if failures:
-                raise StateError(f"model version {row['version']} breaks the spec's guardrails",
-                                 problems=[Problem("guardrails", f) for f in failures],
-                                 fix="train a better model, relax the guardrail in the spec, or pass --force")
+                checks = [f.partition(": ") for f in failures]
+                raise StateError(f"model version {row['version']} fails the promotion gate: "
+                                 + ", ".join(dict.fromkeys(c for c, _, _ in checks)),
+                                 problems=[Problem(c, m) for c, _, m in checks],
+                                 fix="train a better model, relax the limit in the spec, or pass --force")
         else:
-            reason = f"{reason} (guardrails skipped)"
+            reason = (f"{reason} (guardrails skipped with --force: size, latency, metric floor, fairness and "
+                      "business cost were not checked)")
         return self.registry.promote(row["version"], actor=actor, reason=reason)
 
     def rollback(self, *, actor: str | None = None, reason: str = "rollback") -> dict[str, Any]:
@@ -124,6 +189,54 @@ class Project:
         from tidal.serving.app import create_app
 
         return create_app(self.spec, self.ws)
+
+    def score(self, input: str | Path, output: str | Path, *, version: int | str = "production",
+              chunk_rows: int = 200_000, progress: Any = None, engine: str = "auto", strict: bool = False) -> Any:
+        """Batch-score a CSV, Parquet or Delta input into a Parquet or CSV output (see :func:`score_file`)."""
+        from tidal.serving.batch import score_file
+
+        row, bundle = self.registry.load(version)
+        return score_file(self.spec, bundle, row["version"], self.resolve_path(input), output, chunk_rows=chunk_rows,
+                          progress=progress, engine=engine, strict=strict, lake=self.ws.lake)
+
+    def export(self, path: str | Path | None = None, *, format: str = "onnx", version: int | str = "production",
+               data: str | Path | None = None, rows: int = 10_000) -> Any:
+        """Export a version for the edge: pipeline and model in one ONNX graph, checked for parity and size.
+
+        Parity is checked on ``rows`` rows of ``data`` when given, else on the version's held-out
+        rows (topped up with its other training rows). The default path is
+        ``WORKSPACE/exports/NAME-vVERSION.onnx``.
+        """
+        from tidal.errors import DataValidationError
+        from tidal.serving.export import export_onnx
+
+        if format != "onnx":
+            raise DataValidationError(f"unsupported export format {format!r}", fix="use --format onnx")
+        row, bundle = self.registry.load(version)
+        if data is not None:
+            from tidal.serving.batch import typed_rows
+
+            check = typed_rows(self.spec, bundle, self.resolve_path(data), rows, lake=self.ws.lake)
+        else:
+            check = self._training_rows(row, rows)
+        if path is None:
+            path = self.ws.root / "exports" / f"{self.spec.name}-v{row['version']}.onnx"
+        return export_onnx(bundle, path, check_rows=check, version=row["version"],
+                           max_size_mb=self.spec.guardrails.max_model_size_mb)
+
+    def _training_rows(self, row: dict[str, Any], rows: int) -> Any:
+        """Up to ``rows`` rows of a version's training set, its held-out rows first."""
+        import numpy as np
+
+        from tidal.spec import Training
+        from tidal.training.dataset import labels_array, split_rows, training_table
+        from tidal.training.runs import RunTracker
+
+        run = RunTracker(self.ws).get(row["run_id"])
+        spec = self.spec.model_copy(update={"training": Training.model_validate(run["params"]["training"])})
+        table = training_table(self.ws, spec, run["data_versions"])
+        split = split_rows(table, spec, labels_array(table, spec))
+        return table.take(np.concatenate([split.test, split.valid, split.train])[:rows])
 
     def monitor(self) -> dict[str, Any]:
         from tidal.monitoring.monitor import run_monitor

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError,
+                      model_validator)
 
 from tidal.errors import Problem, SpecError
 
@@ -89,6 +90,27 @@ class Guardrails(_Model):
     min_metric: MinMetric | None = Field(None, description="Metric floor (or ceiling) a model must reach.")
 
 
+class Fairness(_Model):
+    """Sensitive attributes and how far apart their groups may be treated (binary tasks).
+
+    Gaps are measured on the held-out rows at the cost-optimal threshold, over the groups of
+    each sensitive attribute that have at least ``min_group_rows`` rows.
+    """
+
+    sensitive: list[str] = Field(
+        default_factory=list, description="Categorical or boolean features whose groups are compared "
+                                          "(e.g. [gender, SeniorCitizen]); reported per group in every evaluation.")
+    max_demographic_parity_difference: float | None = Field(
+        None, ge=0, le=1, description="Largest gap between groups' act rates (share of rows acted on); "
+                                      "none reports it without judging.")
+    max_equal_opportunity_difference: float | None = Field(
+        None, ge=0, le=1, description="Largest gap between groups' true positive rates (share of actual positives "
+                                      "acted on); none reports it without judging.")
+    min_group_rows: int = Field(
+        30, gt=0, description="Groups with fewer held-out rows (fewer actual positives, for the equal opportunity "
+                              "difference) are reported but not judged (too noisy).")
+
+
 class _SourceBase(_Model):
     name: str | None = Field(None, description="Name of the source in reports and state (default: derived from it).")
     trust: Literal["high", "low"] = Field("high", description="Trust level; low-trust sources get stricter checks.")
@@ -147,6 +169,26 @@ Source = Annotated[
     Annotated[FileSource, Tag("file")] | Annotated[FolderSource, Tag("folder")] | Annotated[SqlSource, Tag("sql")]
     | Annotated[HttpSource, Tag("http")] | Annotated[RedisStreamSource, Tag("redis_stream")],
     Discriminator(_source_kind)]
+
+
+LookupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
+
+
+class Lookup(_Model):
+    """A second source joined to the main rows point-in-time (e.g. weather by airport and hour).
+
+    Each main row gets, per key, the newest lookup reading taken at or before its event time
+    (never a later one), in training, batch scoring and online serving alike.
+    """
+
+    source: Source = Field(description="Where the lookup's rows come from (any source kind).")
+    keys: list[str] = Field(min_length=1, description="Columns present in both the main data and the lookup, "
+                                                      "matched exactly (e.g. [origin]).")
+    time: str = Field(description="The lookup's timestamp column: when a reading was taken (e.g. time_hour).")
+    features: dict[str, Feature] = Field(min_length=1, description="Lookup columns used as model features, by name "
+                                                                   "(typed and checked like the main features).")
+    max_age_hours: float | None = Field(None, gt=0, description="Readings older than this at the event time count "
+                                                                "as missing; none means any older reading is used.")
 
 
 Severity = Literal["warn", "quarantine", "reject"]
@@ -236,6 +278,28 @@ class Serving(_Model):
     admin_token_env: str = Field("TIDAL_ADMIN_TOKEN", description="Environment variable holding the bearer token of the admin routes (quarantine); unset disables them.")
 
 
+NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class OnlineStore(_Model):
+    """Where serving reads each entity's newest history features (see tidal.features.store)."""
+
+    kind: Literal["memory", "redis"] = Field(
+        "memory", description="memory: a dict inside the serving process (the fastest; one process); "
+                              "redis: a Redis server that several serving processes share.")
+    url: str | None = Field(None, description="Redis URL (kind redis only); default redis://127.0.0.1:6379/0.")
+    namespace: str | None = Field(
+        None, pattern=NAMESPACE_PATTERN, description="Prefix of the Redis keys, tidal:NAMESPACE:ENTITY (kind redis "
+                                                     "only; letters, digits, _ . -); default the spec's name, so "
+                                                     "two use cases sharing a server never collide.")
+
+    @model_validator(mode="after")
+    def _redis_options_need_redis(self) -> "OnlineStore":
+        if self.kind == "memory" and (self.url is not None or self.namespace is not None):
+            raise ValueError("url and namespace apply only to kind redis; set kind: redis or remove them")
+        return self
+
+
 class Workspace(_Model):
     path: str = Field(".tidal", description="Workspace folder, relative to the spec's folder.")
     metadata_url: str | None = Field(
@@ -256,12 +320,20 @@ class Spec(_Model):
     exclude: list[str] = Field(default_factory=list, description="Columns never used as features (identifiers, leaks).")
     costs: BinaryCosts | RegressionCosts | None = Field(None, description="Business cost of each kind of error.")
     guardrails: Guardrails = Field(default_factory=Guardrails, description="Budgets for promotion.")
+    fairness: Fairness = Field(default_factory=Fairness, description="Sensitive attributes and the largest gaps "
+                                                                    "between their groups a model may show to be promoted.")
     sources: list[Source] = Field(default_factory=list, description="Where data comes from.")
+    lookups: dict[LookupName, Lookup] = Field(
+        default_factory=dict, description="Second sources joined point-in-time on keys and event_time, by name "
+                                          "(letters, digits and _); their features are model inputs that requests "
+                                          "do not carry.")
     validation: Validation = Field(default_factory=Validation, description="Batch checks, the poisoning guard and their severities.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Drift and performance alerting.")
     retraining: Retraining = Field(default_factory=Retraining, description="When to retrain and promote.")
     training: Training = Field(default_factory=Training, description="How models are fitted.")
     serving: Serving = Field(default_factory=Serving, description="The HTTP server.")
+    online_store: OnlineStore = Field(default_factory=OnlineStore, description="Where serving reads history features: "
+                                                                               "in process (memory) or a shared Redis.")
     workspace: Workspace = Field(default_factory=Workspace, description="Where tidal keeps its state.")
 
     @property
@@ -275,6 +347,19 @@ class Spec(_Model):
     @property
     def regression_costs(self) -> RegressionCosts:
         return self.costs if isinstance(self.costs, RegressionCosts) else RegressionCosts()
+
+    @property
+    def model_features(self) -> dict[str, Feature]:
+        """Every model input: the main features, then each lookup's features."""
+        out = dict(self.features)
+        for lookup in self.lookups.values():
+            out.update(lookup.features)
+        return out
+
+    @property
+    def lookup_keys(self) -> list[str]:
+        """The columns the lookups join on (each once, in spec order)."""
+        return list(dict.fromkeys(k for lookup in self.lookups.values() for k in lookup.keys))
 
     def digest(self) -> str:
         """sha256 of the spec with defaults filled in: the spec's identity in lineage."""
@@ -304,6 +389,65 @@ def _semantic_problems(spec: Spec) -> list[Problem]:
         problems.append(Problem("positive_class", "positive_class applies only to binary tasks", "remove it"))
     if not spec.features:
         problems.append(Problem("features", "no features are declared", "declare at least one input column"))
+    problems += _lookup_problems(spec)
+    problems += _fairness_problems(spec)
+    return problems
+
+
+def _fairness_problems(spec: Spec) -> list[Problem]:
+    """Sensitive attributes are declared categorical or boolean features; limits need them and a binary task."""
+    problems: list[Problem] = []
+    f, features = spec.fairness, spec.model_features
+    for i, name in enumerate(f.sensitive):
+        if name not in features:
+            problems.append(Problem(f"fairness.sensitive.{i}", f"'{name}' is not a declared feature",
+                                    f"declare it under features, or use one of: {', '.join(features)}"))
+        elif features[name].type not in ("categorical", "boolean"):
+            problems.append(Problem(f"fairness.sensitive.{i}", f"'{name}' is a {features[name].type} feature; "
+                                    "groups need a categorical or boolean one",
+                                    f"declare features.{name} as categorical, or bucket it into a new categorical column"))
+    limits = f.max_demographic_parity_difference is not None or f.max_equal_opportunity_difference is not None
+    if limits and spec.task != "binary":
+        problems.append(Problem("fairness", "fairness limits apply only to binary tasks (acting or not)",
+                                "remove max_demographic_parity_difference and max_equal_opportunity_difference"))
+    elif limits and not f.sensitive:
+        problems.append(Problem("fairness.sensitive", "fairness limits are set but no sensitive attribute is named",
+                                "list the features to compare under fairness.sensitive"))
+    return problems
+
+
+def _lookup_problems(spec: Spec) -> list[Problem]:
+    """Lookups need an event time to join on, keys the main rows carry as text, and their own feature names."""
+    problems: list[Problem] = []
+    if spec.lookups and not spec.event_time:
+        problems.append(Problem("event_time", "lookups are joined as of each row's event time, but no event_time is set",
+                                "set event_time to the main data's timestamp column (e.g. time_hour)"))
+    owner: dict[str, str] = {}
+    taken = {spec.target: "the target", spec.event_time: "the event time", spec.entity_key: "the entity key"}
+    for name, lookup in spec.lookups.items():
+        where = f"lookups.{name}"
+        for key in lookup.keys:
+            if key in (spec.target, spec.event_time):
+                problems.append(Problem(f"{where}.keys", f"key '{key}' is {taken[key]} of the main data",
+                                        "join on columns that identify what a reading is about (e.g. origin)"))
+            elif key in spec.features and spec.features[key].type != "categorical":
+                problems.append(Problem(f"{where}.keys", f"key '{key}' is a {spec.features[key].type} feature; "
+                                        "keys are matched as text", f"declare features.{key} as categorical, "
+                                        "or remove it from features (it is then kept as a key column only)"))
+            if key in lookup.features or key == lookup.time:
+                problems.append(Problem(f"{where}.keys", f"key '{key}' is also the lookup's time or one of its features",
+                                        "a key is only matched, never a feature of the same lookup"))
+        if lookup.time in lookup.features:
+            problems.append(Problem(f"{where}.features.{lookup.time}", "the lookup's time column is listed as a feature",
+                                    "declare it only as time"))
+        for feat in lookup.features:
+            clash = ("a main feature" if feat in spec.features else taken.get(feat) if feat in taken
+                     else "a lookup key" if feat in spec.lookup_keys
+                     else f"a feature of lookups.{owner[feat]}" if feat in owner else None)
+            if clash:
+                problems.append(Problem(f"{where}.features.{feat}", f"'{feat}' is already {clash}",
+                                        "give the column another name in the lookup's data"))
+            owner.setdefault(feat, name)
     return problems
 
 
@@ -319,6 +463,7 @@ _FIXES = {
     "missing": "add this field",
     "enum": "use one of the allowed values",
     "literal_error": "use one of the allowed values",
+    "string_pattern_mismatch": "use only the characters the field's description allows",
 }
 
 

@@ -173,3 +173,80 @@ def test_from_spec_uses_spec_order(churn_spec):
     assert pipe.features["SeniorCitizen"] == "boolean"
     assert pipe.categorical_indices == [i for i, f in enumerate(churn_spec.features.values())
                                         if f.type == "categorical"]
+
+
+# the Arrow kernels of transform_arrow against the per-value rules of the online path ----------------------
+def _as_records(table: pa.Table) -> list[dict]:
+    return table.to_pylist()
+
+
+def _chunked(values: list, typ: pa.DataType) -> pa.ChunkedArray:
+    """Two chunks, so that the kernels meet a multi-chunk column."""
+    return pa.chunked_array([pa.array(values[:2], typ), pa.array(values[2:], typ)])
+
+
+@pytest.mark.parametrize("typ", [pa.string(), pa.large_string(), pa.string_view(), pa.dictionary(pa.int8(), pa.string())])
+def test_arrow_category_codes_match_records_for_text_types(fitted, typ):
+    values = ["basic", "unseen", None, "max", "", " basic", "pro"]
+    if pa.types.is_dictionary(typ):
+        column = pa.array(values, pa.string()).dictionary_encode()
+    else:
+        column = _chunked(values, typ)
+    table = pa.table({"plan": column})
+    np.testing.assert_array_equal(fitted.transform_arrow(table), fitted.transform_records(_as_records(table)))
+
+
+@pytest.mark.parametrize("column", [
+    pa.array([1, 2, 3, None, -1, 10**12], pa.int64()),
+    pa.array([1, 2, 3, None, 0, 200], pa.uint8()),
+    pa.array([True, False, None, True, True, False], pa.bool_()),
+    pa.array([1.0, 2.5, None, float("nan"), 3.0, 1e20], pa.float64()),  # floats: the per-value rule
+])
+def test_arrow_category_codes_match_records_for_numbers_and_booleans(column):
+    train = [1, 1, 2, True, 2.5, 3, 1e20, 0]
+    pipe = FeaturePipeline(features={"code": "categorical"}).fit({"code": train})
+    table = pa.table({"code": column})
+    np.testing.assert_array_equal(pipe.transform_arrow(table), pipe.transform_records(_as_records(table)))
+
+
+@pytest.mark.parametrize("column", [
+    pa.array([1, None, -3, 2**40], pa.int64()),
+    pa.array([1.5, None, float("nan"), -0.0], pa.float32()),
+    pa.array([True, None, False, True], pa.bool_()),
+    pa.array([1, None, 3, 4], pa.decimal128(10, 2)),
+])
+def test_arrow_numbers_match_records(column):
+    pipe = FeaturePipeline(features={"x": "numeric"})
+    table = pa.table({"x": column})
+    from_records = pipe.transform_records([{"x": None if v is None else float(v)} for v in column.to_pylist()])
+    np.testing.assert_array_equal(pipe.transform_arrow(table), from_records)
+
+
+@pytest.mark.parametrize("column", [
+    pa.array([datetime(2024, 3, 15, 13, 45), None, datetime(1969, 12, 31, 23, 59), datetime(2000, 2, 29)],
+             pa.timestamp("us")),  # naive: read as UTC
+    pa.array([datetime(2024, 3, 15, 13, 45, tzinfo=UTC), None, datetime(2024, 1, 1, tzinfo=UTC),
+              datetime(2100, 12, 31, 23, tzinfo=UTC)], pa.timestamp("ms", tz="America/New_York")),
+    pa.array([datetime(2024, 3, 15, 23, 30, tzinfo=UTC), None, datetime(1950, 6, 1, 6, tzinfo=UTC),
+              datetime(2024, 12, 31, 23, 59, tzinfo=UTC)], pa.timestamp("s", tz="+05:30")),
+    pa.array([date(2024, 3, 15), None, date(1970, 1, 1), date(2023, 12, 31)], pa.date32()),
+    pa.array(["2024-03-15T13:45:00Z", None, "garbage", "2024-03-15T15:45:00+02:00"], pa.string()),  # text: per value
+])
+def test_arrow_datetime_parts_match_records(column):
+    pipe = FeaturePipeline(features={"t": "datetime"})
+    table = pa.table({"t": column})
+    np.testing.assert_array_equal(pipe.transform_arrow(table), pipe.transform_records(_as_records(table)))
+
+
+def test_arrow_and_records_match_on_a_random_mixed_table(fitted):
+    rng = np.random.default_rng(11)
+    n = 2000
+    plans = np.array(["basic", "pro", "max", "other", None], dtype=object)
+    table = pa.table({
+        "plan": pa.array(rng.choice(plans, n), pa.string()),
+        "charges": pa.array(np.where(rng.random(n) < 0.1, np.nan, rng.normal(50, 20, n))),
+        "senior": pa.array([None if r < 0.1 else bool(r > 0.5) for r in rng.random(n)], pa.bool_()),
+        "signup": pa.array((rng.integers(-2_000_000_000, 4_000_000_000, n) * 1_000_000), pa.timestamp("us", tz="UTC")),
+        "area": pa.array(rng.choice(np.array(["n", "s", "e", "w", None], dtype=object), n), pa.string()),
+    })
+    np.testing.assert_array_equal(fitted.transform_arrow(table), fitted.transform_records(_as_records(table)))

@@ -123,20 +123,53 @@ def check_volume(df: pl.DataFrame, ctx: CheckContext) -> list[CheckResult]:
 
 # --- statistical checks against the trusted reference -----------------------------------------
 
+def _bin_counts(df: pl.DataFrame, numeric: dict[str, Any]) -> dict[str, tuple[np.ndarray, int]]:
+    """Per numeric column, the count of non-null values in each reference bin, and their number.
+
+    The same counts as ``np.bincount(np.searchsorted(edges, values, side="right"))``, got from
+    one pass of comparisons per edge (``#values < edge``) over all columns at once, without
+    copying the columns to NumPy. Only for numeric columns and sorted, finite edges.
+    """
+    exprs, plan = [], {}
+    for name, prof in numeric.items():
+        edges = np.asarray(prof["edges"], dtype=float)
+        if (name not in df.columns or not df.schema[name].is_numeric() or not np.isfinite(edges).all()
+                or (np.diff(edges) <= 0).any()):
+            continue
+        x = pl.col(name).cast(pl.Float64)
+        first = len(exprs)
+        exprs.append(x.count().alias(f"{first}"))
+        exprs += [(x < e).sum().alias(f"{first + 1 + i}") for i, e in enumerate(edges.tolist())]
+        plan[name] = (first, len(edges))
+    if not exprs:
+        return {}
+    row = df.select(exprs).row(0)
+    out = {}
+    for name, (first, k) in plan.items():
+        size = int(row[first])
+        below = [int(v) for v in row[first + 1:first + 1 + k]]
+        out[name] = (np.diff(np.array([0, *below, size], dtype=np.int64)), size)
+    return out
+
+
 def check_feature_shift(df: pl.DataFrame, ctx: CheckContext) -> list[CheckResult]:
     ref = ctx.reference.profile
     limit = ctx.strict(ctx.policy.feature_psi)
     severity = ctx.severity(ctx.policy.feature_shift_severity)
     out = []
+    counted = _bin_counts(df, ref["numeric"])
     for name, prof in ref["numeric"].items():
         if name not in df.columns:
             continue
-        values = df[name].drop_nulls().to_numpy().astype(float)
-        if values.size == 0:
+        if name not in counted:  # not a numeric column, or unusual edges: bin in NumPy
+            values = df[name].drop_nulls().to_numpy().astype(float)
+            edges = np.asarray(prof["edges"])
+            counted[name] = (np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1),
+                             values.size)
+        counts, size = counted[name]
+        if size == 0:
             continue
-        edges = np.asarray(prof["edges"])
-        shares = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1) / values.size
-        psi = _psi(np.asarray(prof["shares"]), shares)
+        psi = _psi(np.asarray(prof["shares"]), counts / size)
         out.append(_result(f"feature_shift:{name}", severity, psi > limit, f"{name}: PSI {psi:.3f}",
                            f"{name} shifted from the reference: PSI {psi:.3f} > {limit:.3f}", psi, limit))
     for name, ref_shares in ref["categorical"].items():
@@ -199,9 +232,10 @@ def check_label_consistency(df: pl.DataFrame, ctx: CheckContext) -> list[CheckRe
                     f"(floor {floor:.2f}): flipped or wrong labels", ratio, floor)]
 
 
-def _near_duplicate_key(df: pl.DataFrame, spec: Spec) -> pl.Expr:
+def _near_duplicate_parts(df: pl.DataFrame, spec: Spec) -> list[pl.Expr]:
+    """The parts of the near-duplicate key: each feature (numbers rounded) and the target."""
     parts = []
-    for name, feat in spec.features.items():
+    for i, (name, feat) in enumerate(spec.features.items()):
         if name not in df.columns:
             continue
         if feat.type == "numeric":
@@ -209,18 +243,37 @@ def _near_duplicate_key(df: pl.DataFrame, spec: Spec) -> pl.Expr:
             x = pl.col(name).cast(pl.Float64)
             mag = pl.when(x.abs() > 0).then(x.abs().log10().floor()).otherwise(0.0)
             scale = pl.lit(10.0).pow(mag - 1)
-            parts.append(((x / scale).round(0) * scale).cast(pl.String))
+            parts.append(((x / scale).round(0) * scale).alias(f"p{i}"))
         else:
-            parts.append(pl.col(name).cast(pl.String))
-    parts.append(pl.col(spec.target).cast(pl.String))
+            parts.append(pl.col(name).cast(pl.String).alias(f"p{i}"))
+    parts.append(pl.col(spec.target).cast(pl.String).alias("target"))
+    return parts
+
+
+def _near_duplicate_key(df: pl.DataFrame, spec: Spec) -> pl.Expr:
+    parts = [p.cast(pl.String) for p in _near_duplicate_parts(df, spec)]
     return pl.concat_str(parts, separator="\x1f", ignore_nulls=False).fill_null("<null>")
 
 
 def _duplicate_share(df: pl.DataFrame, spec: Spec) -> float:
     if df.height == 0:
         return 0.0
-    key = df.select(_near_duplicate_key(df, spec).alias("k"))["k"]
-    return float(1 - key.n_unique() / df.height)
+    # The distinct keys are the distinct rows of the key's parts, plus one for every row with a
+    # missing part (they all get the key "<null>"), unless a text part holds the separator (or
+    # a lone part is the text "<null>"). Counting on the parts spares printing every number.
+    parts = df.lazy().select(_near_duplicate_parts(df, spec)).collect()
+    text = [c for c, t in parts.schema.items() if t == pl.String]
+    if parts.width < 2 or (text and parts.select(pl.any_horizontal(
+            [pl.col(c).str.contains("\x1f", literal=True).any() for c in text])).item()):
+        key = df.select(_near_duplicate_key(df, spec).alias("k"))["k"]
+        return float(1 - key.n_unique() / df.height)
+    complete = parts.drop_nulls()
+    # float-to-text round-trips, so two numbers print alike exactly when their bits are equal
+    # (any NaN prints "NaN"); Polars' own equality would merge 0.0 and -0.0, which print apart
+    bits = [pl.Series(c, np.where(np.isnan(a := complete[c].to_numpy()), np.nan, a).view(np.int64))
+            if t == pl.Float64 else complete[c] for c, t in complete.schema.items()]
+    distinct = pl.DataFrame(bits).n_unique() + (complete.height < parts.height)
+    return float(1 - distinct / df.height)
 
 
 def check_duplicates(df: pl.DataFrame, ctx: CheckContext) -> list[CheckResult]:

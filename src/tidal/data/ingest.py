@@ -41,6 +41,8 @@ class IngestReport:
     status: str = "accepted"  # accepted | held
     checks: list[dict[str, Any]] = field(default_factory=list)
     already_ingested: bool = False
+    lookup: str | None = None  # a lookup batch: the lookup's name (its rows went to lookup_<name>, not events)
+    lookup_version: int | None = None  # the version of lookup_<name> after the batch
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -83,7 +85,8 @@ def _known(ws: Workspace, content_sha256: str) -> IngestReport | None:
                         rows_accepted=known["rows_accepted"], rows_quarantined=known["rows_quarantined"],
                         events_version=known["events_version"], reasons=rep.get("reasons", {}),
                         dropped_columns=rep.get("dropped_columns", []), status=rep.get("status", "accepted"),
-                        checks=rep.get("checks", []), already_ingested=True)
+                        checks=rep.get("checks", []), already_ingested=True, lookup=rep.get("lookup"),
+                        lookup_version=rep.get("lookup_version"))
 
 
 def ingest_frame(ws: Workspace, spec: Spec, frame: pl.DataFrame, *, batch_id: str, source: str,

@@ -16,8 +16,10 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from tidal.data.ingest import to_delta
+from tidal.data.lookups import batch_lookup, lookup_spec
 from tidal.data.validate import validate_batch
 from tidal.errors import NotFound, StateError
+from tidal.infra.lake import lookup_table
 from tidal.infra.metadata import batches, now, quarantine_decisions
 from tidal.infra.workspace import Workspace
 from tidal.spec import Spec
@@ -86,27 +88,35 @@ def release(ws: Workspace, spec: Spec, batch_id: str, *, actor: str, reason: str
 
     Rows are re-checked against the schema only (a person has judged the batch); rows that
     still fail stay in quarantine. Rows already in the lake (a retried release) are skipped.
+    A lookup batch's rows go back to their lookup's table, checked against the lookup's columns.
     """
     df = _check_open(ws, batch_id)
+    lookup = batch_lookup(ws, batch_id)
+    table = "events" if lookup is None else lookup_table(lookup)
+    schema = spec if lookup is None else lookup_spec(spec, lookup)
     records = [json.loads(r) for r in df["record"].to_list()]
     raw = pl.DataFrame(records, schema={k: pl.String for k in records[0]}) if records else pl.DataFrame()
-    result = validate_batch(raw, spec)
+    result = validate_batch(raw, schema)
     rows = df["_row"].to_numpy()
     accepted = result.accepted.with_columns(pl.Series("_row", rows[result.accepted["_row"].to_numpy()]))
-    events = ws.lake.read("events", columns=["_batch_id", "_row"])
+    events = ws.lake.read(table, columns=["_batch_id", "_row"])
     if events is not None:
         present = pl.from_arrow(events).filter(pl.col("_batch_id") == batch_id)["_row"]
         accepted = accepted.filter(~pl.col("_row").is_in(present.implode()))
-    version = ws.lake.version("events")
+    version = ws.lake.version(table)
     if accepted.height:
-        version = ws.lake.append("events", to_delta(accepted.with_columns(pl.col("_row").cast(pl.Int32)),
-                                                   batch_id, datetime.now(timezone.utc)),
+        version = ws.lake.append(table, to_delta(accepted.with_columns(pl.col("_row").cast(pl.Int32)),
+                                                 batch_id, datetime.now(timezone.utc)),
                                  commit_info={"tidal.batch_id": batch_id, "tidal.release": actor})
     still = result.quarantined.height
     ws.store.insert(quarantine_decisions, {"batch_id": batch_id, "decision": "released", "rows": accepted.height,
                                            "actor": actor, "reason": reason, "at": now()})
-    return {"batch_id": batch_id, "released": accepted.height, "still_failing": still, "events_version": version,
-            "failing_reasons": result.reason_counts if still else {}}
+    out = {"batch_id": batch_id, "released": accepted.height, "still_failing": still,
+           "events_version": version if lookup is None else ws.lake.version("events"),
+           "failing_reasons": result.reason_counts if still else {}}
+    if lookup is not None:
+        out.update(lookup=lookup, lookup_version=version)
+    return out
 
 
 def drop(ws: Workspace, batch_id: str, *, actor: str, reason: str) -> dict[str, Any]:

@@ -50,6 +50,8 @@ def spec_columns(spec: Spec) -> dict[str, str]:
         cols[spec.entity_key] = "key"
     if spec.event_time:
         cols[spec.event_time] = "datetime"
+    for key in spec.lookup_keys:  # what the lookups join on; a key declared as a feature stays one
+        cols.setdefault(key, "key")
     return cols
 
 
@@ -89,6 +91,23 @@ def _typed(df: pl.DataFrame, name: str, kind: str) -> pl.Expr:
                 .then(pl.col(name).cast(pl.Int64).cast(pl.String))
                 .otherwise(pl.col(name).cast(pl.String)))
     return _as_text(df, name).replace("", None)
+
+
+def type_columns(df: pl.DataFrame, kinds: dict[str, str]) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The columns of ``kinds`` typed by ingestion's rules (batch scoring reads values as ingestion does).
+
+    Returns the typed frame and, per column, how many values were present but not readable as
+    the column's type (they are null in the typed frame).
+    """
+    typed = df.select([_typed(df, c, kind).alias(c) for c, kind in kinds.items()])
+    textual = [c for c, kind in kinds.items()
+               if kind in ("numeric", "boolean", "datetime") and df.schema[c] == pl.String]
+    if not textual:
+        return typed, {}
+    raw_text = {c: pl.col(c).str.strip_chars().str.to_lowercase() for c in textual}
+    present = df.select([(pl.col(c).is_not_null() & ~raw_text[c].is_in(["", "nan"])).alias(c) for c in textual])
+    counts = pl.DataFrame({c: present[c] & typed[c].is_null() for c in textual}).sum().row(0, named=True)
+    return typed, {c: n for c, n in counts.items() if n}
 
 
 def _required(name: str, spec: Spec) -> bool:
@@ -179,7 +198,8 @@ def validate_batch(df: pl.DataFrame, spec: Spec) -> ValidationResult:
     wanted = spec_columns(spec)
     missing = [c for c in wanted if c not in df.columns]
     required_missing = [c for c in missing if c == spec.target or c in (spec.entity_key, spec.event_time)
-                        or (c in spec.features and not spec.features[c].nullable)]
+                        or (c in spec.features and not spec.features[c].nullable)
+                        or (c in spec.lookup_keys and c not in spec.features)]
     if required_missing:
         raise DataValidationError(
             f"batch rejected: {len(required_missing)} required column(s) missing",
@@ -193,9 +213,10 @@ def validate_batch(df: pl.DataFrame, spec: Spec) -> ValidationResult:
     typed = df.select(["_row"] + [_typed_fast(df, c, kind, stats).alias(c) for c, kind in wanted.items()])
     checked = pl.concat([typed, df.drop("_row").select(pl.all().name.prefix("raw::"))], how="horizontal")
     flags = [e for c, kind in wanted.items() for e in _suspects(df, c, kind, spec, stats)]
-    suspect = checked.filter(pl.any_horizontal(flags)) if flags else checked.clear()
+    suspect = checked.lazy().filter(pl.any_horizontal(flags)).collect() if flags else checked.clear()
     reasons = [pl.when(cond).then(reason) for c, kind in wanted.items() for cond, reason in _rules(c, kind, spec)]
-    suspect = suspect.with_columns(pl.concat_list(reasons).list.drop_nulls().alias(REASONS))
+    # lazily, so that a column's rules share one reading of its raw text
+    suspect = suspect.lazy().with_columns(pl.concat_list(reasons).list.drop_nulls().alias(REASONS)).collect()
     quarantined = (suspect.filter(pl.col(REASONS).list.len() > 0)
                    .select(["_row", pl.col("^raw::.*$").cast(pl.String).name.map(lambda c: c[5:]), REASONS]))
     accepted = typed

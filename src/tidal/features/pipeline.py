@@ -4,6 +4,8 @@ Training, batch scoring and online serving all call :meth:`FeaturePipeline.trans
 with a mapping of column name to a sequence of raw values (an Arrow column turned into a
 list or array, or the values of a list of request records), so there is one definition
 of every feature and no training/serving skew. NumPy only; no pandas on the hot path.
+Arrow tables (training, batch scoring) take whole-column Arrow kernels that give the same
+numbers (:mod:`tidal.features.columnar`), held to it by parity tests.
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ def _category_text(value: Any) -> str | None:
     return str(value)
 
 
+_SLAB = 8192  # rows copied at a time when assembling the matrix
+
+
+def _assemble(blocks: list[np.ndarray], n_rows: int) -> np.ndarray:
+    """Column blocks -> one C-ordered float64 matrix, filled in slabs of rows that stay in the CPU cache
+    (several times faster than ``np.hstack`` for many columns; the same numbers)."""
+    out = np.empty((n_rows, sum(b.shape[1] for b in blocks)))
+    for start in range(0, n_rows, _SLAB):
+        slab, j = out[start:start + _SLAB], 0
+        for block in blocks:
+            slab[:, j:j + block.shape[1]] = block[start:start + _SLAB]
+            j += block.shape[1]
+    return out
+
+
 class FeaturePipeline:
     """Turns raw columns into the model's float matrix. Fit on training rows, then frozen."""
 
@@ -75,7 +92,8 @@ class FeaturePipeline:
 
     @classmethod
     def from_spec(cls, spec: Spec) -> "FeaturePipeline":
-        return cls(features={name: f.type for name, f in spec.features.items()})
+        """The spec's model inputs: its features, then each lookup's features."""
+        return cls(features={name: f.type for name, f in spec.model_features.items()})
 
     # fitting ---------------------------------------------------------------------------
     def fit(self, columns: Mapping[str, Sequence[Any]]) -> "FeaturePipeline":
@@ -116,22 +134,25 @@ class FeaturePipeline:
             values = columns.get(name)
             if values is None:
                 values = [None] * n_rows
-            if kind in ("numeric", "boolean"):
-                try:
-                    col = np.asarray(values, dtype=np.float64)
-                except (TypeError, ValueError):
-                    raise DataValidationError(f"feature {name!r} has a value that is not a number") from None
-                blocks.append(col.reshape(-1, 1))
-            elif kind == "categorical":
-                codes = self._codes.get(name, {})
-                unknown = float(len(codes))
-                col = np.fromiter(
-                    (np.nan if t is None else codes.get(t, unknown) for t in map(_category_text, values)),
-                    dtype=np.float64, count=n_rows)
-                blocks.append(col.reshape(-1, 1))
-            else:
-                blocks.append(_datetime_parts(values))
+            blocks.append(self._block(name, kind, values, n_rows))
         return np.hstack(blocks) if blocks else np.empty((n_rows, 0))
+
+    def _block(self, name: str, kind: str, values: Sequence[Any], n_rows: int) -> np.ndarray:
+        """The per-value rules: one raw column -> its block of the matrix (rows x 1, or x 3 for a datetime)."""
+        if kind in ("numeric", "boolean"):
+            try:
+                col = np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise DataValidationError(f"feature {name!r} has a value that is not a number") from None
+            return col.reshape(-1, 1)
+        if kind == "categorical":
+            codes = self._codes.get(name, {})
+            unknown = float(len(codes))
+            col = np.fromiter(
+                (np.nan if t is None else codes.get(t, unknown) for t in map(_category_text, values)),
+                dtype=np.float64, count=n_rows)
+            return col.reshape(-1, 1)
+        return _datetime_parts(values)
 
     def transform_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The online path: a list of request records, columns gathered without pandas."""
@@ -139,17 +160,34 @@ class FeaturePipeline:
         return self.transform(cols, n_rows=len(records))
 
     def transform_arrow(self, table: Any) -> np.ndarray:
-        """The offline path: an Arrow table, columns handed to the same :meth:`transform`."""
-        cols: dict[str, Sequence[Any]] = {}
+        """The offline path: an Arrow table to the same matrix as :meth:`transform`.
+
+        Whole columns go through Arrow kernels where their type allows
+        (:mod:`tidal.features.columnar`); any other column is handed to :meth:`transform`'s
+        per-value rules. The parity tests hold both paths to identical numbers.
+        """
+        from tidal.features import columnar
+
+        n_rows = table.num_rows
+        blocks: list[np.ndarray] = []
         for name, kind in self.features.items():
-            if name not in table.column_names:
-                continue
-            col = table.column(name)
-            if kind in ("numeric", "boolean"):
-                cols[name] = col.to_numpy(zero_copy_only=False)
+            col = table.column(name) if name in table.column_names else None
+            block = None
+            if col is None:
+                block = np.full((n_rows, len(DATETIME_PARTS) if kind == "datetime" else 1), np.nan)
+            elif kind in ("numeric", "boolean"):
+                values = columnar.numbers(col)
+                block = None if values is None else values.reshape(-1, 1)
+            elif kind == "categorical":
+                values = columnar.codes(col, self.vocabularies.get(name, []))
+                block = None if values is None else values.reshape(-1, 1)
             else:
-                cols[name] = col.to_pylist()
-        return self.transform(cols, n_rows=table.num_rows)
+                block = columnar.datetime_parts(col, DATETIME_PARTS)
+            if block is None:  # a type the kernels do not handle: the per-value rules
+                values = col.to_numpy(zero_copy_only=False) if kind in ("numeric", "boolean") else col.to_pylist()
+                block = self._block(name, kind, values, n_rows)
+            blocks.append(block)
+        return _assemble(blocks, n_rows)
 
     # storage ---------------------------------------------------------------------------
     def to_json(self) -> str:

@@ -6,6 +6,7 @@ table version, so a training set can be rebuilt exactly from the versions a run 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,17 +14,24 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 TABLES = ("events", "quarantine", "predictions", "labels")
+LOOKUP_PREFIX = "lookup_"  # one table per lookup of the spec: lookup_<name>
+_LOOKUP_TABLE = re.compile(r"^lookup_[A-Za-z][A-Za-z0-9_]*$")
+
+
+def lookup_table(name: str) -> str:
+    """The lake table holding the rows of the spec's lookup ``name``."""
+    return LOOKUP_PREFIX + name
 
 
 class Lake:
-    """The workspace's Delta tables, by name."""
+    """The workspace's Delta tables, by name: the fixed ``TABLES`` and one ``lookup_<name>`` per lookup."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def path(self, table: str) -> str:
-        if table not in TABLES:
-            raise ValueError(f"unknown lake table {table!r}; tables are {', '.join(TABLES)}")
+        if table not in TABLES and not _LOOKUP_TABLE.match(table):
+            raise ValueError(f"unknown lake table {table!r}; tables are {', '.join(TABLES)} and lookup_<name>")
         return str(self.root / table)
 
     def exists(self, table: str) -> bool:

@@ -73,7 +73,7 @@ def run_monitor(ws: Workspace, spec: Spec) -> dict[str, Any]:
         return _store(ws, result)
     result["n_predictions"] = window.num_rows
     ref = bundle.reference["features"]
-    for name, feat in spec.features.items():
+    for name, feat in spec.model_features.items():  # lookup features as the server joined them, too
         if name not in ref or name not in window.column_names:
             continue
         col = window.column(name)

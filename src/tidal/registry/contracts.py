@@ -32,8 +32,9 @@ _WIDENS = {("boolean", "numeric"), ("boolean", "categorical"), ("numeric", "cate
 
 
 def contract_from_signature(signature: dict[str, Any], *, api: str = API_VERSION) -> dict[str, Any]:
-    inputs = {name: {"type": f["type"], "required": not f["nullable"]} for name, f in signature["inputs"].items()}
-    return {"api": api, "task": signature["task"], "target": signature["target"],
+    inputs = {name: {"type": f["type"], "required": not f["nullable"]}
+              for name, f in signature.get("inputs", {}).items()}
+    return {"api": api, "task": signature.get("task"), "target": signature.get("target"),
             "positive_class": signature.get("positive_class"), "inputs": inputs, "response": RESPONSE_FIELDS}
 
 
@@ -45,7 +46,7 @@ def breaks(contract: dict[str, Any], signature: dict[str, Any]) -> list[Problem]
             problems.append(Problem(key, f"the contract's {key} is {contract.get(key)!r}, the model's "
                                          f"{signature.get(key)!r}: the response would change meaning",
                                     "serve this model under a new API version"))
-    inputs = signature["inputs"]
+    inputs = signature.get("inputs", {})
     for name, spec in contract["inputs"].items():
         model = inputs.get(name)
         if model is None:

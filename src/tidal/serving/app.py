@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
+from tidal.features.online import OnlineLookups
 from tidal.infra.workspace import Workspace
 from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes
@@ -32,6 +33,7 @@ from tidal.serving.compat_routes import add_compat_routes
 from tidal.serving.ingest_routes import add_ingest_routes
 from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import Predictor
+from tidal.serving.run_routes import add_run_routes
 from tidal.serving.schema import FeedbackResponse, PredictResponse, feedback_model, record_model
 from tidal.spec import Spec
 
@@ -45,9 +47,12 @@ def prediction_log_schema(spec: Spec) -> pa.Schema:
     fields = [pa.field("_id", pa.string()), pa.field("_ts", pa.timestamp("us", tz="UTC")),
               pa.field("_version", pa.int64()), pa.field("_score", pa.float64()),
               pa.field("_prediction", pa.string()), pa.field("_decision", pa.string())]
-    fields += [pa.field(n, _ARROW[f.type]) for n, f in spec.features.items()]
+    fields += [pa.field(n, _ARROW[f.type]) for n, f in spec.model_features.items()]  # lookup values as joined
     if spec.entity_key and spec.entity_key not in spec.features:
         fields.append(pa.field(spec.entity_key, pa.string()))
+    fields += [pa.field(k, pa.string()) for k in spec.lookup_keys if k not in spec.features and k != spec.entity_key]
+    if spec.lookups:  # the time the lookups were read as of
+        fields.append(pa.field(spec.event_time, pa.timestamp("us", tz="UTC")))
     return pa.schema(fields)
 
 
@@ -89,6 +94,19 @@ class ServerState:
         self.labels = LogBuffer(lake=ws.lake, table="labels", schema=LABEL_SCHEMA,
                                 capacity=spec.serving.log_buffer_size)
         self.logged_columns = [f.name for f in self.predictions.schema if not f.name.startswith("_")]
+        self.lookups = OnlineLookups(spec) if spec.lookups else None
+
+    def refresh_lookups(self) -> None:
+        """Reload each lookup whose lake table has a new version (a no-op without lookups)."""
+        if self.lookups is not None and (rebuilt := self.lookups.refresh(self.ws.lake)):
+            log.info("lookup index refreshed: %s", ", ".join(f"{n} v{self.lookups.versions[n]}" for n in rebuilt))
+
+    def check_lookups(self) -> None:
+        if self.lookups is not None and self.lookups.missing:
+            names = ", ".join(self.lookups.missing)
+            raise NotReady(f"lookup data is not loaded yet: {names}",
+                           fix=f"ingest it (`tidal ingest --lookup NAME [FILE]`); the server picks it up "
+                               f"within serving.reload_interval_s")
 
     def load_production(self) -> bool:
         """Load the production version if it differs from the one in service; True if swapped."""
@@ -110,6 +128,10 @@ class ServerState:
         predictor = self.predictor  # read once: a swap mid-request cannot mix two models
         if predictor is None:
             raise NotReady("no model is in production yet", fix="run `tidal promote latest`")
+        if self.lookups is not None:  # the lookup features, as of each record's event time
+            self.check_lookups()
+            records = [dict(r) for r in records]
+            self.lookups.lookup(records)
         scores = predictor.scores(records)
         preds, probs, decisions = predictor.outputs(scores)
         now = datetime.now(timezone.utc)
@@ -153,8 +175,14 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             await asyncio.to_thread(state.load_production)
         except TidalError:
             log.exception("could not load the production model; /readyz reports not ready")
+        try:
+            await asyncio.to_thread(state.refresh_lookups)
+        except TidalError:
+            log.exception("could not load the lookups; /readyz reports not ready")
         tasks = [asyncio.create_task(_every(spec.serving.flush_interval_s, state.flush)),
                  asyncio.create_task(_every(spec.serving.reload_interval_s, state.load_production))]
+        if state.lookups is not None:
+            tasks.append(asyncio.create_task(_every(spec.serving.reload_interval_s, state.refresh_lookups)))
         yield
         for t in tasks:
             t.cancel()
@@ -233,8 +261,11 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         predictor = state.predictor
         if predictor is None:
             raise NotReady("no model is loaded yet", fix="promote a model: `tidal promote latest`")
-        return Response(orjson.dumps({"status": "ready", "model_version": predictor.version}),
-                        media_type="application/json")
+        state.check_lookups()
+        body: dict[str, Any] = {"status": "ready", "model_version": predictor.version}
+        if state.lookups is not None:
+            body["lookup_versions"] = state.lookups.versions
+        return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -259,6 +290,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     app.add_middleware(_CountRequests, counter=state.metrics.requests)
     add_ingest_routes(app, state)
     add_admin_routes(app, state)
+    add_run_routes(app, state)
     add_compat_routes(app, state, Record)
     return app
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from tidal.registry.bundle import Bundle
+from tidal.serving.decision import DecisionRule
 
 
 class Predictor:
@@ -16,13 +17,10 @@ class Predictor:
     def __init__(self, *, version: int, bundle: Bundle) -> None:
         self.version = version
         self.bundle = bundle
-        sig = bundle.signature
-        self.task = sig["task"]
-        self.threshold = sig.get("threshold", 0.5)
-        self.offset = sig.get("offset", 0.0)
-        self.positive = sig.get("positive_class")
-        self.negative = sig.get("negative_class")
-        self.act, self.no_act = sig.get("act"), sig.get("no_act")
+        self.rule = DecisionRule.from_signature(bundle.signature)  # the same rule as batch scoring
+        rule = self.rule
+        self.task, self.threshold, self.offset = rule.task, rule.threshold, rule.offset
+        self.positive, self.negative, self.act, self.no_act = rule.positive, rule.negative, rule.act, rule.no_act
         self._booster = bundle.booster
         self._pipeline = bundle.pipeline
 
@@ -32,9 +30,4 @@ class Predictor:
 
     def outputs(self, scores: np.ndarray) -> tuple[list[Any], list[float | None], list[Any]]:
         """(prediction, probability, decision) lists for ``scores``."""
-        values = scores.tolist()
-        if self.task == "binary":
-            preds = [self.positive if s >= 0.5 else self.negative for s in values]
-            decisions = [self.act if s >= self.threshold else self.no_act for s in values]
-            return preds, values, decisions
-        return values, [None] * len(values), (scores + self.offset).tolist()
+        return self.rule.lists(scores)

@@ -22,7 +22,11 @@ class _Record(BaseModel):
 
 
 def record_model(spec: Spec) -> type[BaseModel]:
-    """One prediction input: every feature, typed; nullable features may be omitted."""
+    """One prediction input: every feature, typed; nullable features may be omitted.
+
+    Lookup features are not inputs: the record carries the lookups' keys (required) and,
+    optionally, its event time, and the server fills them in.
+    """
     fields: dict[str, Any] = {}
     for name, feat in spec.features.items():
         py = _TYPES[feat.type]
@@ -33,6 +37,11 @@ def record_model(spec: Spec) -> type[BaseModel]:
             fields[name] = (py, Field(description=desc))
     if spec.entity_key and spec.entity_key not in fields:
         fields[spec.entity_key] = (str | None, Field(None, description="Entity key (logged, not a feature)."))
+    for key in spec.lookup_keys:  # the server joins the lookups' features itself, by these keys
+        fields[key] = (str, Field(description="Lookup key: the server adds the lookups' features of this key."))
+    if spec.lookups:
+        fields[spec.event_time] = (datetime | None, Field(None, description=(
+            "When the row happens: lookups are read as of this time (default: now). Without a time zone, UTC.")))
     return create_model(f"{spec.name.title().replace('-', '').replace('_', '')}Record", __base__=_Record, **fields)
 
 

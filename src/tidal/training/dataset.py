@@ -1,9 +1,10 @@
 """Training sets: built from exact lake versions, so any run's data can be rebuilt bit for bit.
 
-A training set is the ``events`` table at a recorded version, plus, for retraining, the
-labelled rows of the prediction log (predictions joined with their feedback labels at
-recorded versions). The newest ``holdout_share`` of those labelled rows is kept out to
-compare champion and challenger on data neither was trained on.
+A training set is the ``events`` table at a recorded version, with the spec's lookups joined
+point-in-time at their own recorded versions, plus, for retraining, the labelled rows of
+the prediction log (predictions joined with their feedback labels at recorded versions,
+carrying the lookup values the server used). The newest ``holdout_share`` of those
+labelled rows is kept out to compare champion and challenger on data neither was trained on.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
 from tidal.errors import StateError
+from tidal.features.lookups import join_lookups
 from tidal.infra.workspace import Workspace
 from tidal.spec import Spec
+
+_ARROW_TYPES = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_(),
+                "datetime": pa.timestamp("us", tz="UTC")}
 
 # columns of the prediction log and the label log
 LOG_ID, LOG_TS, LOG_VERSION, LOG_SCORE, LOG_PREDICTION, LOG_DECISION = (
@@ -77,8 +82,15 @@ def training_table(ws: Workspace, spec: Spec, data_versions: dict[str, Any]) -> 
     events = ws.lake.read("events", version=wanted)
     if events is None or events.num_rows == 0:
         raise StateError("there is no accepted data to train on", fix="run `tidal ingest FILE` first")
-    keep = [c for c in (*spec.features, spec.target, spec.entity_key, spec.event_time) if c]
+    keep = list(dict.fromkeys(c for c in (*spec.features, spec.target, spec.entity_key, spec.event_time,
+                                          *spec.lookup_keys) if c))
     events = events.select([c for c in keep if c in events.column_names])
+    # a feature the spec gained after older batches were ingested is missing (null) in them
+    for name, feat in spec.features.items():
+        if name not in events.column_names:
+            events = events.append_column(name, pa.nulls(events.num_rows, _ARROW_TYPES[feat.type]))
+    # lookup features as of each row's event time, from the recorded lookup versions
+    events = join_lookups(events, spec, ws.lake, data_versions.get("lookups"))
     log = labelled_log(ws, spec, predictions_version=data_versions.get("predictions"),
                        labels_version=data_versions.get("labels"))
     if log is not None:

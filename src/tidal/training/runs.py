@@ -1,4 +1,5 @@
-"""Run tracking: every run's parameters, metrics, data versions, code version and duration."""
+"""Run tracking: every run's parameters, metrics, data versions, code version, duration and artifacts;
+shown one at a time or two side by side."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 import tidal
-from tidal.errors import NotFound
+from tidal.infra import runlog
 from tidal.infra.metadata import now, runs
 from tidal.infra.workspace import Workspace
 from tidal.spec import Spec
@@ -47,10 +46,43 @@ class RunTracker:
                              {"status": status, "metrics": metrics, "artifact": artifact, "ended_at": now()})
 
     def get(self, run_id: str) -> dict[str, Any]:
-        try:
-            return self.ws.store.one(sa.select(runs).where(runs.c.run_id == run_id), f"run {run_id}")
-        except NotFound:
-            raise NotFound(f"run {run_id} does not exist", fix="see `tidal runs`") from None
+        return runlog.get_run(self.ws.store, run_id)
 
     def list(self) -> list[dict[str, Any]]:
-        return self.ws.store.select(sa.select(runs).order_by(runs.c.started_at))
+        """Every run, oldest first, with its duration in seconds (None while running)."""
+        return runlog.list_runs(self.ws.store)
+
+    def show(self, run_id: str) -> dict[str, Any]:
+        """One run with its duration, the model version it registered, and its artifact files with sizes."""
+        return runlog.show_run(self.ws.store, run_id)
+
+    def compare(self, run_a: str, run_b: str) -> dict[str, Any]:
+        """Two runs side by side: every parameter, metric and data version, and what differs."""
+        a, b = self.show(run_a), self.show(run_b)
+        out: dict[str, Any] = {"runs": [run_a, run_b]}
+        for section in ("params", "metrics", "data_versions"):
+            out[section] = _side_by_side(flatten(a.get(section) or {}), flatten(b.get(section) or {}))
+        out["run"] = _side_by_side(*({k: r.get(k) for k in ("kind", "status", "code_version", "spec_sha256",
+                                                              "duration_s", "model_version")} for r in (a, b)))
+        return out
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys (lists stay whole)."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, inner in value.items():
+        out.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _side_by_side(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        row: dict[str, Any] = {"key": key, "a": va, "b": vb, "differs": va != vb}
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb)):
+            row["difference"] = vb - va
+        rows.append(row)
+    return rows

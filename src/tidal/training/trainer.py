@@ -13,11 +13,13 @@ import pyarrow as pa
 from tidal.data.profile import build_profile, numeric_profile
 from tidal.errors import StateError
 from tidal.features.pipeline import FeaturePipeline
+from tidal.infra.lake import lookup_table
 from tidal.infra.workspace import Workspace
 from tidal.registry.bundle import write_bundle
 from tidal.registry.registry import Registry
 from tidal.spec import Spec, Training
 from tidal.training import costs as C
+from tidal.training.baseline import fit_baseline
 from tidal.training.dataset import labels_array, split_rows, training_table
 from tidal.training.runs import RunTracker
 
@@ -65,7 +67,8 @@ def fit(spec: Spec, table: pa.Table) -> dict[str, Any]:
                          fix=f"check positive_class ({spec.positive_label!r}) against the data")
     split = split_rows(table, spec, y)
     pipeline = FeaturePipeline.from_spec(spec).fit(
-        {n: table.column(n).take(split.train).to_pylist() for n, f in spec.features.items() if f.type == "categorical"})
+        {n: table.column(n).take(split.train).to_pylist() for n, f in spec.model_features.items()
+         if f.type == "categorical"})
     X = pipeline.transform_arrow(table)
     cats = pipeline.categorical_indices
     dtrain = lgb.Dataset(X[split.train], y[split.train], categorical_feature=cats, free_raw_data=False,
@@ -89,8 +92,9 @@ def fit(spec: Spec, table: pa.Table) -> dict[str, Any]:
                "split": split.kind, "rows": {"train": len(split.train), "valid": len(split.valid),
                                               "test": len(split.test)},
                "best_iteration": booster.best_iteration, "fit_seconds": fit_seconds}
+    metrics["baseline"] = fit_baseline(spec, X, y, split, cats)  # held-out metrics only; the model is not kept
     train_rows = table.take(split.train)
-    kinds = {n: f.type for n, f in spec.features.items()}
+    kinds = {n: f.type for n, f in spec.model_features.items()}
     reference = {"features": build_profile({n: (train_rows.column(n).to_numpy(zero_copy_only=False)
                                                 if kinds[n] == "numeric" else train_rows.column(n).to_pylist())
                                             for n in kinds}, kinds),
@@ -106,6 +110,13 @@ def signature_for(spec: Spec, pipeline: FeaturePipeline, rule: dict[str, Any]) -
     inputs = {n: {"type": f.type, "nullable": f.nullable} for n, f in spec.features.items()}
     sig: dict[str, Any] = {"task": spec.task, "target": spec.target, "inputs": inputs,
                            "features": pipeline.output_names, **rule}
+    if spec.lookups:  # model inputs the server joins itself, by keys, as of the event time
+        sig["lookups"] = {name: {"keys": lk.keys, "time": lk.time, "features": list(lk.features),
+                                 "max_age_hours": lk.max_age_hours} for name, lk in spec.lookups.items()}
+        # what requests carry instead (as the request model has them): the keys, required, and the event time
+        for key in spec.lookup_keys:
+            inputs[key] = {"type": "categorical", "nullable": False}
+        inputs[spec.event_time] = {"type": "datetime", "nullable": True}
     if spec.task == "binary":
         sig.update(positive_class=spec.positive_label, act=spec.binary_costs.act, no_act=spec.binary_costs.no_act)
     return sig
@@ -117,6 +128,14 @@ def train(ws: Workspace, spec: Spec, *, data_versions: dict[str, Any] | None = N
     versions = dict(data_versions or {"events": ws.lake.version("events")})
     if versions.get("events") is None:
         raise StateError("there is no accepted data to train on", fix="run `tidal ingest FILE` first")
+    if spec.lookups:  # each lookup table's version too (newest unless given), so the run can be rebuilt
+        given = versions.get("lookups") or {}
+        versions["lookups"] = {name: given[name] if given.get(name) is not None
+                               else ws.lake.version(lookup_table(name)) for name in spec.lookups}
+        empty = [name for name, v in versions["lookups"].items() if v is None]
+        if empty:
+            raise StateError(f"lookup {', '.join(map(repr, empty))} has no data to join",
+                             fix="ingest it first: `tidal ingest --lookup NAME [FILE]`")
     tracker = RunTracker(ws)
     run_id = tracker.start(kind=kind, spec=spec, params={"lightgbm": _lgb_params(spec, np.empty(0)),
                                                          "training": spec.training.model_dump()},

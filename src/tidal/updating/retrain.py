@@ -1,6 +1,6 @@
 """Retraining: when the spec's policy fires, train a challenger on the newest data, compare it
 with the champion on the most recent labelled rows by business cost, and promote it only if
-it is better and passes the guardrails."""
+it is better, passes the guardrails and keeps the spec's fairness limits on those rows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tidal.registry.registry import Registry
 from tidal.spec import Spec
 from tidal.training.dataset import labelled_log, labels_array, split_holdout
 from tidal.training.trainer import decide, train
-from tidal.updating.guardrails import check_guardrails
+from tidal.updating.guardrails import check_fairness, check_guardrails
 
 
 def _open_alerts(ws: Workspace) -> list[dict[str, Any]]:
@@ -79,8 +79,9 @@ def retrain(ws: Workspace, spec: Spec, *, force: bool = False) -> dict[str, Any]
     chall = _cost_on(challenger, spec, holdout)
     needed = champ["cost_per_row"] - abs(champ["cost_per_row"]) * policy.min_improvement
     better = chall["cost_per_row"] < needed
-    sample = holdout.select(list(spec.features)).slice(0, 50).to_pylist()
+    sample = holdout.select([c for c in spec.model_features if c in holdout.column_names]).slice(0, 50).to_pylist()
     failures = check_guardrails(spec, challenger, chall, sample)
+    failures += check_fairness(spec, challenger, holdout, labels_array(holdout, spec))  # on the same recent rows
     decision = {"retrained": True, "reasons": reasons, "champion": champion_row["version"],
                 "challenger": result.version, "holdout_rows": holdout.num_rows,
                 "champion_holdout": champ, "challenger_holdout": chall, "guardrail_failures": failures,
