@@ -369,11 +369,24 @@ def models(spec: str = SpecOption, as_json: bool = JsonOption) -> None:
 def promote(version: str = typer.Argument(..., help="Version number or 'latest'."),
             reason: str = typer.Option("promoted by hand", help="Why, for the audit trail."),
             force: bool = typer.Option(False, "--force", help="Skip the spec's guardrails (recorded)."),
+            to: str = typer.Option("production", "--to",
+                                   help="production, canary (answers serving.canary_share of traffic) or shadow "
+                                        "(scores a copy of the traffic, answers nobody)."),
             spec: str = SpecOption) -> None:
-    """Put a version in production (the previous one is archived)."""
+    """Put a version in production, canary or shadow (the one it replaces there steps down)."""
     with _project(spec) as project:
-        row = project.promote(version, reason=reason, force=force)
-    typer.echo(f"model version {row['version']} is now in production")
+        row = project.promote(version, reason=reason, force=force, stage=to)
+    typer.echo(f"model version {row['version']} is now in {to}")
+
+
+@app.command()
+def withdraw(stage: str = typer.Argument(..., help="canary or shadow."),
+             reason: str = typer.Option("withdrawn by hand", help="Why, for the audit trail."),
+             spec: str = SpecOption) -> None:
+    """Take the canary or shadow version out of traffic."""
+    with _project(spec) as project:
+        row = project.registry.withdraw(stage, reason=reason)
+    typer.echo(f"model version {row['version']} withdrawn from {stage}" if row else f"there is no {stage}")
 
 
 contract_app = typer.Typer(no_args_is_help=True, help="The API contract old clients rely on.")

@@ -154,7 +154,7 @@ class Project:
         return Registry(self.ws)
 
     def promote(self, version: int | str = "latest", *, actor: str | None = None, reason: str = "promoted",
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, stage: str = "production") -> dict[str, Any]:
         """Put a version in production after the promotion gate (``force`` skips it, and the audit says so).
 
         The gate checks the spec's guardrails (size, latency, metric floor), its fairness limits,
@@ -165,7 +165,7 @@ class Project:
         from tidal.updating.guardrails import promotion_gate
 
         row = self.registry.resolve(version)
-        if not force:
+        if not force and stage != "shadow":  # a shadow answers nobody: nothing to gate
             failures = promotion_gate(self.ws, self.spec, row["version"])
             if failures:
                 checks = [f.partition(": ") for f in failures]
@@ -176,7 +176,7 @@ class Project:
         else:
             reason = (f"{reason} (guardrails skipped with --force: size, latency, metric floor, fairness and "
                       "business cost were not checked)")
-        return self.registry.promote(row["version"], actor=actor, reason=reason)
+        return self.registry.promote(row["version"], actor=actor, reason=reason, stage=stage)
 
     def rollback(self, *, actor: str | None = None, reason: str = "rollback") -> dict[str, Any]:
         return self.registry.rollback(actor=actor, reason=reason)

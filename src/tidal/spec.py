@@ -88,6 +88,8 @@ class Guardrails(_Model):
     p99_latency_ms: float = Field(50.0, gt=0, description="Largest acceptable p99 latency of one prediction, ms.")
     max_model_size_mb: float = Field(50.0, gt=0, description="Largest acceptable model bundle size, MB.")
     min_metric: MinMetric | None = Field(None, description="Metric floor (or ceiling) a model must reach.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Largest live share of failed predictions before a new version is rolled back.")
+    min_live_requests: int = Field(200, gt=0, description="Requests a new version must have served before its live error rate and p99 are judged.")
 
 
 class Fairness(_Model):
@@ -276,6 +278,8 @@ class Serving(_Model):
     flush_interval_s: float = Field(1.0, gt=0, description="Seconds between flushes of the prediction log to the lake.")
     reload_interval_s: float = Field(1.0, gt=0, description="Seconds between checks for a new production model.")
     admin_token_env: str = Field("TIDAL_ADMIN_TOKEN", description="Environment variable holding the bearer token of the admin routes (quarantine); unset disables them.")
+    canary_share: float = Field(0.1, gt=0, lt=1, description="Share of traffic a canary version answers (sticky per entity key).")
+    auto_rollback: bool = Field(True, description="Roll back a canary or a newly promoted version whose live error rate or p99 latency breaks the guardrails.")
 
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

@@ -39,7 +39,8 @@ def telco_records(n: int, offset: int = 0) -> list[dict]:
     return out
 
 
-def make_project(root: Path, *, promote: bool = True, versions: int = 1, **overrides) -> Project:
+def make_project(root: Path, *, promote: bool = True, versions: int = 1, force: bool = False,
+                 **overrides) -> Project:
     spec = dict(CHURN_SPEC, training={"num_boost_round": 40}, **overrides)
     root.mkdir(parents=True, exist_ok=True)
     spec_path = root / "tidal.yaml"
@@ -49,7 +50,7 @@ def make_project(root: Path, *, promote: bool = True, versions: int = 1, **overr
     for _ in range(versions):
         project.train()
     if promote:
-        project.promote(1)
+        project.promote(1, force=force)
     return project
 
 

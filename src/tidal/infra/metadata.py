@@ -216,7 +216,10 @@ class MetadataStore:
                         f"model version {version}")
 
     def production(self) -> dict[str, Any] | None:
-        rows = self.select(sa.select(model_versions).where(model_versions.c.stage == "production"))
+        return self.in_stage("production")
+
+    def in_stage(self, stage: str) -> dict[str, Any] | None:
+        rows = self.select(sa.select(model_versions).where(model_versions.c.stage == stage))
         return rows[0] if rows else None
 
     def set_stages(self, changes: list[tuple[int, str | None, str]], *, actor: str, reason: str) -> None:

@@ -14,7 +14,8 @@ from tidal.infra.workspace import Workspace
 from tidal.registry import contracts
 from tidal.registry.bundle import Bundle, load_bundle
 
-STAGES = ("candidate", "production", "archived")
+# shadow: scores a copy of the traffic, answers nobody; canary: answers a sticky share of it
+STAGES = ("candidate", "shadow", "canary", "production", "archived")
 
 
 class Registry:
@@ -67,19 +68,37 @@ class Registry:
         row = self.resolve(version)
         return row, load_bundle(row["bundle_path"], expected_manifest_sha256=row["manifest_sha256"])
 
-    def promote(self, version: int | str, *, actor: str | None = None, reason: str = "promoted") -> dict[str, Any]:
+    def promote(self, version: int | str, *, actor: str | None = None, reason: str = "promoted",
+                stage: str = "production") -> dict[str, Any]:
+        """Move a version to ``stage`` (production, canary or shadow); the version it replaces
+        there steps down (production is archived; a canary or shadow goes back to candidate)."""
+        if stage not in ("production", "canary", "shadow"):
+            raise StateError(f"cannot promote to {stage!r}", fix="use production, canary or shadow")
         row = self.resolve(version)
+        if row["stage"] == stage:
+            raise StateError(f"model version {row['version']} is already in {stage}")
         if row["stage"] == "production":
-            raise StateError(f"model version {row['version']} is already in production")
+            raise StateError(f"model version {row['version']} is in production", fix="promote another version instead")
         # verify the bundle, and that it keeps the API's contract, before it can serve
         bundle = load_bundle(row["bundle_path"], expected_manifest_sha256=row["manifest_sha256"])
         contracts.enforce(self.ws, bundle.signature, version=row["version"])
         changes: list[tuple[int, str | None, str]] = []
-        current = self.ws.store.production()
+        current = self.ws.store.in_stage(stage)
         if current is not None:
-            changes.append((current["version"], "production", "archived"))
-        changes.append((row["version"], row["stage"], "production"))
+            changes.append((current["version"], stage, "archived" if stage == "production" else "candidate"))
+        changes.append((row["version"], row["stage"], stage))
         self.ws.store.set_stages(changes, actor=current_actor(actor), reason=reason)
+        return self.resolve(row["version"])
+
+    def withdraw(self, stage: str, *, actor: str | None = None, reason: str) -> dict[str, Any] | None:
+        """Take the canary or shadow version out of traffic (back to candidate); None if there is none."""
+        if stage not in ("canary", "shadow"):
+            raise StateError(f"only a canary or a shadow can be withdrawn, not {stage!r}",
+                             fix="use `tidal rollback` for production")
+        row = self.ws.store.in_stage(stage)
+        if row is None:
+            return None
+        self.ws.store.set_stages([(row["version"], stage, "candidate")], actor=current_actor(actor), reason=reason)
         return self.resolve(row["version"])
 
     def rollback(self, *, actor: str | None = None, reason: str = "rollback") -> dict[str, Any]:

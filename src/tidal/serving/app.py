@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,6 +34,7 @@ from tidal.serving.compat_routes import add_compat_routes
 from tidal.serving.ingest_routes import add_ingest_routes
 from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import Predictor
+from tidal.serving.routing import Deployment, LiveStats, breach
 from tidal.serving.run_routes import add_run_routes
 from tidal.serving.schema import FeedbackResponse, PredictResponse, feedback_model, record_model
 from tidal.spec import Spec
@@ -46,7 +48,8 @@ _ARROW = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.boo
 def prediction_log_schema(spec: Spec) -> pa.Schema:
     fields = [pa.field("_id", pa.string()), pa.field("_ts", pa.timestamp("us", tz="UTC")),
               pa.field("_version", pa.int64()), pa.field("_score", pa.float64()),
-              pa.field("_prediction", pa.string()), pa.field("_decision", pa.string())]
+              pa.field("_prediction", pa.string()), pa.field("_decision", pa.string()),
+              pa.field("_shadow", pa.bool_())]
     fields += [pa.field(n, _ARROW[f.type]) for n, f in spec.model_features.items()]  # lookup values as joined
     if spec.entity_key and spec.entity_key not in spec.features:
         fields.append(pa.field(spec.entity_key, pa.string()))
@@ -87,7 +90,10 @@ class ServerState:
     def __init__(self, spec: Spec, ws: Workspace) -> None:
         self.spec = spec
         self.ws = ws
-        self.predictor: Predictor | None = None
+        self.deployment = Deployment()  # replaced whole on every change
+        self.live = LiveStats()
+        self.probation: set[int] = set()  # production versions swapped in while serving: watched for rollback
+        self.shadow_queue: deque[tuple[list[dict[str, Any]], list[str], datetime]] = deque(maxlen=10_000)
         self.metrics = _Metrics()
         self.predictions = LogBuffer(lake=ws.lake, table="predictions", schema=prediction_log_schema(spec),
                                      capacity=spec.serving.log_buffer_size)
@@ -108,46 +114,129 @@ class ServerState:
                            fix=f"ingest it (`tidal ingest --lookup NAME [FILE]`); the server picks it up "
                                f"within serving.reload_interval_s")
 
+    @property
+    def predictor(self) -> Predictor | None:
+        """The production predictor (what answers when there is no canary)."""
+        return self.deployment.production
+
     def load_production(self) -> bool:
-        """Load the production version if it differs from the one in service; True if swapped."""
-        row = self.ws.store.production()
-        if row is None or (self.predictor is not None and self.predictor.version == row["version"]):
+        """Load the production, canary and shadow versions when any changed; True if the deployment changed."""
+        current = self.deployment
+        rows = {stage: self.ws.store.in_stage(stage) for stage in ("production", "canary", "shadow")}
+        wanted = tuple(r["version"] if r else None for r in rows.values())
+        if wanted == current.versions:
             return False
-        _, bundle = Registry(self.ws).load(row["version"])
-        self.predictor = Predictor(version=row["version"], bundle=bundle)  # atomic swap
-        self.metrics.version.set(row["version"])
+        loaded = {p.version: p for p in (current.production, current.canary, current.shadow) if p}
+        registry = Registry(self.ws)
+
+        def predictor(version: int | None) -> Predictor | None:
+            if version is None:
+                return None
+            if version not in loaded:
+                _, bundle = registry.load(version)
+                loaded[version] = Predictor(version=version, bundle=bundle)
+            return loaded[version]
+
+        production, canary, shadow = (predictor(v) for v in wanted)
+        if production is not None and current.production is not None and production.version != current.production.version:
+            self.probation.add(production.version)
+            self.live.reset(production.version)
+        self.deployment = Deployment(production=production, canary=canary, shadow=shadow,  # atomic swap
+                                     canary_share=self.spec.serving.canary_share)
+        if production is not None:
+            self.metrics.version.set(production.version)
         self.metrics.swaps.inc()
-        log.info("serving model version %s", row["version"])
+        log.info("serving production %s, canary %s, shadow %s", *wanted)
         return True
+
+    def watchdog(self) -> str | None:
+        """Roll back a canary, or a production version swapped in while serving, whose live error
+        rate or p99 latency breaks the guardrails. Returns what it did, or None."""
+        if not self.spec.serving.auto_rollback:
+            return None
+        g = self.spec.guardrails
+        limits = {"max_error_rate": g.max_error_rate, "p99_ms": g.p99_latency_ms, "min_requests": g.min_live_requests}
+        registry = Registry(self.ws)
+        deployment = self.deployment
+        if deployment.canary is not None and (why := breach(self.live.summary(deployment.canary.version), **limits)):
+            registry.withdraw("canary", actor="tidal-watchdog", reason=f"auto-rollback of the canary: {why}")
+            self.load_production()
+            log.warning("withdrew canary %s: %s", deployment.canary.version, why)
+            return f"withdrew canary {deployment.canary.version}: {why}"
+        production = deployment.production
+        if production is not None and production.version in self.probation:
+            why = breach(self.live.summary(production.version), **limits)
+            if why:
+                self.probation.discard(production.version)
+                back = registry.rollback(actor="tidal-watchdog", reason=f"auto-rollback of {production.version}: {why}")
+                self.load_production()
+                log.warning("rolled back %s to %s: %s", production.version, back["version"], why)
+                return f"rolled back {production.version} to {back['version']}: {why}"
+        return None
+
+    def reload(self) -> None:
+        """The background reload: new versions in, then the watchdog."""
+        self.load_production()
+        self.watchdog()
 
     def score(self, records: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
         """Score validated records with the model in service and log each prediction.
 
         Every protocol (tidal's /v1, OIP v2, MLflow's /invocations) comes through here.
         """
-        predictor = self.predictor  # read once: a swap mid-request cannot mix two models
+        deployment = self.deployment  # read once: a swap mid-request cannot mix two models
+        key = records[0].get(self.spec.entity_key) if self.spec.entity_key else None
+        predictor = deployment.route(key if key is not None else uuid.uuid4().int)
         if predictor is None:
             raise NotReady("no model is in production yet", fix="run `tidal promote latest`")
         if self.lookups is not None:  # the lookup features, as of each record's event time
             self.check_lookups()
             records = [dict(r) for r in records]
             self.lookups.lookup(records)
-        scores = predictor.scores(records)
-        preds, probs, decisions = predictor.outputs(scores)
+        started = time.perf_counter()
+        try:
+            scores = predictor.scores(records)
+            preds, probs, decisions = predictor.outputs(scores)
+        except Exception:
+            self.live.record(predictor.version, time.perf_counter() - started, False)
+            raise
+        self.live.record(predictor.version, time.perf_counter() - started, True)
         now = datetime.now(timezone.utc)
         out = []
         for rec, pred, prob, dec, score in zip(records, preds, probs, decisions, scores.tolist()):
             pid = uuid.uuid4().hex
             out.append({"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec})
             row = {"_id": pid, "_ts": now, "_version": predictor.version, "_score": score,
-                   "_prediction": str(pred), "_decision": str(dec)}
+                   "_prediction": str(pred), "_decision": str(dec), "_shadow": False}
             for name in self.logged_columns:
                 row[name] = rec.get(name)
             self.predictions.append(row)
+        if deployment.shadow is not None:  # scored later, off the hot path
+            self.shadow_queue.append((records, [o["prediction_id"] for o in out], now))
         self.metrics.predictions.labels(str(predictor.version)).inc(len(records))
         return predictor.version, out
 
+    def score_shadow(self) -> int:
+        """Score the queued requests with the shadow version and log its answers (returned to nobody)."""
+        shadow = self.deployment.shadow
+        n = 0
+        while self.shadow_queue:
+            records, ids, at = self.shadow_queue.popleft()
+            if shadow is None:
+                continue
+            scores = shadow.scores(records)
+            preds, _, decisions = shadow.outputs(scores)
+            for rec, pid, pred, dec, score in zip(records, ids, preds, decisions, scores.tolist()):
+                row = {"_id": pid, "_ts": at, "_version": shadow.version, "_score": score,
+                       "_prediction": str(pred), "_decision": str(dec), "_shadow": True}
+                for name in self.logged_columns:
+                    row[name] = rec.get(name)
+                self.predictions.append(row)
+                n += 1
+        return n
+
     def flush(self) -> None:
+        self.score_shadow()
         for buf in (self.predictions, self.labels):
             buf.flush()
         self.metrics.dropped.set(self.predictions.dropped)
@@ -180,7 +269,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         except TidalError:
             log.exception("could not load the lookups; /readyz reports not ready")
         tasks = [asyncio.create_task(_every(spec.serving.flush_interval_s, state.flush)),
-                 asyncio.create_task(_every(spec.serving.reload_interval_s, state.load_production))]
+                 asyncio.create_task(_every(spec.serving.reload_interval_s, state.reload))]
         if state.lookups is not None:
             tasks.append(asyncio.create_task(_every(spec.serving.reload_interval_s, state.refresh_lookups)))
         yield
