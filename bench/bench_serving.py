@@ -193,7 +193,7 @@ def parse_wrk(out: str) -> Load:
     done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m),", out)
     if not done:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
@@ -332,55 +332,70 @@ def records_body(records: list[dict[str, float]]) -> bytes:
     return json.dumps(records[0] if len(records) == 1 else records).encode()
 
 
+def tidal_server(env: dict[str, str], spec_path: Path) -> Server:
+    return Server(
+        name="tidal", command=[sys.executable, "-m", "tidal.cli", "serve", "--spec", str(spec_path),
+                               "--port", str(port := free_port())],
+        cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT / "src")), ready_path="/readyz", port=port,
+        path="/v1/predict", body=records_body, probabilities=lambda r: [p["probability"] for p in r["predictions"]],
+        batch_path="/v1/predict", batch_body=records_body,
+        logging="every prediction to the lake (always on)", validation="pydantic record model from the spec")
+
+
+def mlflow_server(env: dict[str, str], model_txt: Path, columns: list[str], folder: Path) -> Server:
+    python = peer_python("mlflow")
+    model_dir = folder / "mlflow-model"
+    save = subprocess.run([str(python), str(HERE / "mlflow_save.py"), str(model_txt), str(model_dir)],
+                          capture_output=True, text=True, env=env, check=False)
+    if save.returncode:
+        raise RuntimeError(f"mlflow_save.py failed:\n{save.stderr[-3000:]}")
+
+    def split(records: list[dict[str, float]]) -> bytes:
+        return json.dumps({"dataframe_split": {"columns": columns,
+                                               "data": [[r[c] for c in columns] for r in records]}}).encode()
+
+    return Server(
+        name="mlflow", command=[str(python.parent / "mlflow"), "models", "serve", "-m", str(model_dir),
+                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port := free_port())],
+        cwd=folder, env=dict(env, PATH=f"{python.parent}{os.pathsep}{env['PATH']}"), ready_path="/ping",
+        port=port, path="/invocations", body=split, probabilities=lambda r: r["predictions"],
+        batch_path="/invocations", batch_body=split,
+        logging="none (its local scoring server has no prediction log)",
+        validation="model signature (24 double columns) enforced")
+
+
+def bentoml_server(env: dict[str, str], model_txt: Path, folder: Path) -> Server:
+    python = peer_python("bentoml")
+    service_dir = folder / "bentoml-service"
+    service_dir.mkdir()
+    shutil.copy(HERE / "bentoml_service.py", service_dir / "bentoml_service.py")
+    return Server(
+        name="bentoml", command=[str(python.parent / "bentoml"), "serve", "bentoml_service:Svc",
+                                 "--host", "127.0.0.1", "--port", str(port := free_port())],
+        cwd=service_dir, ready_path="/readyz", port=port,
+        env=dict(env, BENCH_MODEL_FILE=str(model_txt), PATH=f"{python.parent}{os.pathsep}{env['PATH']}"),
+        path="/predict", body=lambda recs: json.dumps(recs[0]).encode(),
+        probabilities=lambda r: [r] if isinstance(r, float) else r,
+        batch_path="/predict_batch", batch_body=lambda recs: json.dumps({"rows": recs}).encode(),
+        logging="every prediction with bentoml.monitor (JSON lines files)",
+        validation="pydantic model of the 24 fields (input_spec)")
+
+
 def make_servers(*, model_txt: Path, spec_path: Path, columns: list[str], folder: Path,
-                 which: list[str]) -> list[Server]:
+                 which: list[str]) -> tuple[list[Server], list[str]]:
+    """The servers asked for, and a note for each that could not be set up (its venv or model)."""
     env = dict(os.environ, **QUIET_ENV)
-    servers = []
-    if "tidal" in which:
-        servers.append(Server(
-            name="tidal", command=[sys.executable, "-m", "tidal.cli", "serve", "--spec", str(spec_path),
-                                   "--port", str(port := free_port())],
-            cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT / "src")), ready_path="/readyz", port=port,
-            path="/v1/predict", body=records_body,
-            probabilities=lambda r: [p["probability"] for p in r["predictions"]],
-            batch_path="/v1/predict", batch_body=records_body,
-            logging="every prediction to the lake (always on)", validation="pydantic record model from the spec"))
-    if "mlflow" in which:
-        python = peer_python("mlflow")
-        model_dir = folder / "mlflow-model"
-        save = subprocess.run([str(python), str(HERE / "mlflow_save.py"), str(model_txt), str(model_dir)],
-                              capture_output=True, text=True, env=env, check=False)
-        if save.returncode:
-            raise RuntimeError(f"mlflow_save.py failed:\n{save.stderr[-3000:]}")
-
-        def split(records: list[dict[str, float]]) -> bytes:
-            return json.dumps({"dataframe_split": {"columns": columns,
-                                                   "data": [[r[c] for c in columns] for r in records]}}).encode()
-
-        servers.append(Server(
-            name="mlflow", command=[str(python.parent / "mlflow"), "models", "serve", "-m", str(model_dir),
-                                    "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port := free_port())],
-            cwd=folder, env=dict(env, PATH=f"{python.parent}{os.pathsep}{env['PATH']}"), ready_path="/ping",
-            port=port, path="/invocations", body=split,
-            probabilities=lambda r: r["predictions"], batch_path="/invocations", batch_body=split,
-            logging="none (its local scoring server has no prediction log)",
-            validation="model signature (24 double columns) enforced"))
-    if "bentoml" in which:
-        python = peer_python("bentoml")
-        service_dir = folder / "bentoml-service"
-        service_dir.mkdir()
-        shutil.copy(HERE / "bentoml_service.py", service_dir / "bentoml_service.py")
-        servers.append(Server(
-            name="bentoml", command=[str(python.parent / "bentoml"), "serve", "bentoml_service:Svc",
-                                     "--host", "127.0.0.1", "--port", str(port := free_port())],
-            cwd=service_dir, env=dict(env, BENCH_MODEL_FILE=str(model_txt),
-                                      PATH=f"{python.parent}{os.pathsep}{env['PATH']}"), ready_path="/readyz", port=port,
-            path="/predict", body=lambda recs: json.dumps(recs[0]).encode(),
-            probabilities=lambda r: [r] if isinstance(r, float) else r,
-            batch_path="/predict_batch", batch_body=lambda recs: json.dumps({"rows": recs}).encode(),
-            logging="every prediction with bentoml.monitor (JSON lines files)",
-            validation="pydantic model of the 24 fields (input_spec)"))
-    return servers
+    makers = {"tidal": lambda: tidal_server(env, spec_path),
+              "mlflow": lambda: mlflow_server(env, model_txt, columns, folder),
+              "bentoml": lambda: bentoml_server(env, model_txt, folder)}
+    servers, notes = [], []
+    for name in which:
+        try:
+            servers.append(makers[name]())
+        except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+            notes.append(f"{name} not run: {exc}")
+            print(f"{name:<8} SET-UP FAILED: {exc}", flush=True)
+    return servers, notes
 
 
 # ---------------------------------------------------------------- tidal's model
@@ -408,7 +423,7 @@ def train_tidal(folder: Path) -> tuple[Project, Path, lgb.Booster, list[str]]:
     _, bundle = project.registry.load(result.version)
     model_txt = bundle.path / "model.txt"
     booster = lgb.Booster(model_file=str(model_txt))
-    leaves = [t["num_leaves"] for t in booster.dump_model()["tree_info"]]
+    leaves = [tree["num_leaves"] for tree in booster.dump_model()["tree_info"]]
     print(f"model   tidal: ingested {rows:,} rows in {ingest_s:.1f} s, trained in {train_s:.1f} s: "
           f"{booster.num_trees()} trees (best_iteration {result.metrics['best_iteration']}), "
           f"{max(leaves)} leaves at most ({statistics.mean(leaves):.1f} on average), "
@@ -455,7 +470,8 @@ def time_batches(server: Server, body: bytes, n: int = 50) -> tuple[float, float
     with httpx.Client(base_url=server.url, timeout=60) as client:
         for i in range(n + 3):
             started = time.perf_counter()
-            r = client.post(server.batch_path or server.path, content=body, headers={"Content-Type": "application/json"})
+            r = client.post(server.batch_path or server.path, content=body,
+                            headers={"Content-Type": "application/json"})
             elapsed = time.perf_counter() - started
             r.raise_for_status()
             if i >= 3:
@@ -545,12 +561,34 @@ def profile(server: Server, seconds: float, folder: Path, name: str, drive: Call
     return lines
 
 
+def print_logged(server: Server, project: Project) -> None:
+    """How many predictions the server's log holds once it has stopped (tidal: the lake; BentoML: its files)."""
+    if server.name == "tidal":
+        logged = project.ws.lake.read("predictions").num_rows
+        print(f"tidal    prediction log: {logged:,} rows in the lake after shutdown, for about "
+              f"{server.result['rows']:,} rows scored while measuring (more: the profile)", flush=True)
+    elif server.name == "bentoml":
+        lines = sum(p.read_bytes().count(b"\n") for p in (server.cwd / "monitoring").rglob("*.log"))
+        print(f"bentoml  prediction log: {lines:,} lines in its monitoring files, for about "
+              f"{server.result['rows']:,} rows scored", flush=True)
+
+
+def profile_tidal(server: Server, load: LoadGenerator, single: list[dict[str, float]],
+                  batch: list[dict[str, float]], folder: Path) -> list[str]:
+    """Two py-spy profiles of tidal's server: single rows at concurrency 8, then 1,000-row requests."""
+    body, many = server.body(single), records_body(batch)
+    lines = profile(server, 8.0, folder, "single rows, c=8 (wrk)",
+                    lambda: load.run(server.port, server.path, body, connections=8, seconds=8.0))
+    return lines + profile(server, 5.0, folder, "1,000-row requests, sequential",
+                           lambda: post_for(server.url + server.path, many, 5.0))
+
+
 # ---------------------------------------------------------------- report
 
 def report(servers: list[Server], load: LoadGenerator, seconds: float) -> None:
-    print(f"\nsingle-row POSTs, {load.name}, {seconds:g} s per concurrency; 1,000-row request: 50 sequential "
-          "httpx requests\n")
-    head = (f"{'server':<8} {'req/s c=1':>10} {'req/s c=8':>10} {'p50 c=8':>9} {'p99 c=8':>9} "
+    print(f"\nsingle-row POSTs, {load.name}, {seconds:g} s per concurrency; 1,000-row request: median and p99 of "
+          "50 sequential httpx requests; procs: processes in the server's tree (one serving worker each)\n")
+    head = (f"{'server':<8} {'procs':>5} {'req/s c=1':>10} {'req/s c=8':>10} {'p50 c=8':>9} {'p99 c=8':>9} "
             f"{'CPU/req':>9} {'1000 rows':>10} {'p99':>8}")
     print(head)
     print("-" * len(head))
@@ -560,7 +598,7 @@ def report(servers: list[Server], load: LoadGenerator, seconds: float) -> None:
             print(f"{s.name:<8} not measured: {r.get('error', '?')}")
             continue
         batch = r.get("batch")
-        print(f"{s.name:<8} {r['c1'].rps:>10,.0f} {r['c8'].rps:>10,.0f} {r['c8'].p50_ms:>7.2f}ms "
+        print(f"{s.name:<8} {r['processes']:>5} {r['c1'].rps:>10,.0f} {r['c8'].rps:>10,.0f} {r['c8'].p50_ms:>7.2f}ms "
               f"{r['c8'].p99_ms:>7.2f}ms {r['cpu_ms']:>7.3f}ms "
               + (f"{batch[0]:>8.1f}ms {batch[1]:>6.1f}ms" if batch else f"{'skipped':>10}"))
     by = {s.name: s.result for s in servers if s.result.get("c8")}
@@ -574,7 +612,10 @@ def report(servers: list[Server], load: LoadGenerator, seconds: float) -> None:
             verdicts.append(f"NOT measured  >= {need:g}x {peer}: {peer} did not run")
             continue
         ratios = {c: tidal[c].rps / by[peer][c].rps for c in ("c1", "c8")}
-        print(f"tidal / {peer:<8} req/s: {ratios['c1']:.1f}x at c=1, {ratios['c8']:.1f}x at c=8")
+        print(f"tidal / {peer:<8} req/s: {ratios['c1']:.1f}x at c=1, {ratios['c8']:.1f}x at c=8; "
+              f"{by[peer]['cpu_ms'] / tidal['cpu_ms']:.1f}x less server CPU per request"
+              + (f"; 1,000-row median {tidal['batch'][0]:.1f} ms vs {by[peer]['batch'][0]:.1f} ms"
+                 if by[peer].get("batch") else ""))
         ok = all(x >= need for x in ratios.values())
         verdicts.append(f"{'met    ' if ok else 'NOT met'}  req/s >= {need:g}x {peer} at c=1 and c=8: "
                         f"{ratios['c1']:.1f}x and {ratios['c8']:.1f}x")
@@ -618,11 +659,11 @@ def main() -> int:
         records = [{c: float(v) for c, v in row.items()} for row in frame.iloc[picked].to_dict("records")]
         expected = booster.predict(np.array([[r[c] for c in columns] for r in records]))
         single, batch = records[:1], records[1:]
-        servers = make_servers(model_txt=model_txt, spec_path=project.spec_path, columns=columns, folder=folder,
-                               which=which)
-        versions = {"wrk": subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-                    if wrk else "not used",
-                    "lightgbm": lgb.__version__}
+        servers, setup_notes = make_servers(model_txt=model_txt, spec_path=project.spec_path, columns=columns,
+                                            folder=folder, which=which)
+        notes += setup_notes
+        wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False).stdout if wrk else ""
+        versions = {"wrk": wrk_version.split("\n")[0] if wrk else "not used", "lightgbm": lgb.__version__}
         for name in ("mlflow", "bentoml"):
             if name in which:
                 versions[name] = version_of(PEER_VENVS[name] / "bin" / "python", name)
@@ -637,24 +678,14 @@ def main() -> int:
                 measure(server, load, single=single, batch=batch, expected=expected, seconds=args.seconds,
                         warmup=args.warmup)
                 if server.name == "tidal" and not args.no_profile:
-                    body, many = server.body(single), records_body(batch)
-                    profile_lines = profile(server, 8.0, folder, "single rows, c=8 (wrk)", lambda: load.run(
-                        server.port, server.path, body, connections=8, seconds=8.0))
-                    profile_lines += profile(server, 5.0, folder, "1,000-row requests, sequential",
-                                             lambda: post_for(server.url + server.path, many, 5.0))
+                    profile_lines = profile_tidal(server, load, single, batch, folder)
             except (RuntimeError, subprocess.SubprocessError, OSError, httpx.HTTPError) as exc:
                 server.result["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 print(f"{server.name:<8} FAILED: {exc}\n{server.log_tail()}", flush=True)
             finally:
                 server.stop()
-            if server.name == "tidal" and server.result.get("c8"):
-                logged = project.ws.lake.read("predictions").num_rows
-                print(f"tidal    prediction log: {logged:,} rows in the lake after shutdown, for about "
-                      f"{server.result['rows']:,} rows scored while measuring (more: the profile)", flush=True)
-            if server.name == "bentoml" and server.result.get("c8"):
-                lines = sum(sum(1 for _ in open(p)) for p in (server.cwd / "monitoring").rglob("*.log"))
-                print(f"bentoml  prediction log: {lines:,} lines in its monitoring files, for about "
-                      f"{server.result['rows']:,} rows scored", flush=True)
+            if server.result.get("c8"):
+                print_logged(server, project)
         project.close()
         report(servers, load, args.seconds)
         for note in notes:

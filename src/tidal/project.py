@@ -239,9 +239,15 @@ class Project:
         return table.take(np.concatenate([split.test, split.valid, split.train])[:rows])
 
     def monitor(self) -> dict[str, Any]:
+        """Run the monitor; on a performance alert, roll back if the previous version does better."""
         from tidal.monitoring.monitor import run_monitor
+        from tidal.updating.rollback import rollback_on_performance
 
-        return run_monitor(self.ws, self.spec)
+        result = run_monitor(self.ws, self.spec)
+        decision = rollback_on_performance(self.ws, self.spec, result)
+        if decision is not None:
+            result["rollback"] = decision
+        return result
 
     def retrain(self, *, force: bool = False) -> dict[str, Any]:
         from tidal.updating.retrain import retrain
