@@ -18,6 +18,7 @@ from tidal.spec import Spec
 from tidal.training.champion import compare_with_champion
 from tidal.training.fairness import fairness_report
 from tidal.training.heldout import load_heldout, score
+from tidal.updating.skew import skew_check
 from tidal.training.trainer import decide
 
 
@@ -82,6 +83,11 @@ def promotion_gate(ws: Workspace, spec: Spec, version: int | str) -> list[str]:
     metrics = decide(held.spec, held.bundle.signature, held.y, held.scores)
     failures = check_guardrails(spec, held.bundle, metrics, held.records())
     failures += check_fairness(spec, held.bundle, held.table, held.y)
+    skew = skew_check(ws, held.bundle, held.version)
+    if not skew["ok"]:
+        failures.append(f"skew: features of {skew['feature_mismatches']} logged requests differ between the training "
+                        f"and serving paths (first: {skew.get('example')}), or logged scores are not reproduced "
+                        f"(max difference {skew.get('max_score_difference')})")
     if ws.store.production() is not None:
         failures += check_cost_against_champion(compare_with_champion(ws, spec, held, "production"))
     return failures
