@@ -87,24 +87,28 @@ def bench(name: str, project: Project, source: Path, scored: Path, tmp: Path) ->
     print(f"  model, LightGBM (2 threads)  {rate(n, t_native)}")
     print(f"  features + LightGBM          {rate(n, t_feat + t_native)}")
     if compiled.available():
-        t_compile, predict = best(lambda: compiled.compile_booster(booster), repeat=1)
-        t_comp, fast = best(lambda: predict(X))
-        diff = float(np.max(np.abs(fast - native)))
-        print(f"  model, compiled (lleaves)    {rate(n, t_comp)}  ({t_comp and t_native / t_comp:.1f}x LightGBM; "
-              f"compiling took {t_compile:.2f} s; max |compiled - LightGBM| = {diff:.2g})")
-        print(f"  features + compiled          {rate(n, t_feat + t_comp)}")
+        for inline in (False, True):
+            label = "inlined" if inline else "default"
+            t_compile, predict = best(lambda: compiled.compile_booster(booster, inline=inline), repeat=1)  # noqa: B023
+            t_comp, fast = best(lambda: predict(X))  # noqa: B023
+            diff = float(np.max(np.abs(fast - native)))
+            print(f"  model, compiled ({label}) {rate(n, t_comp)}  ({t_native / t_comp:.1f}x LightGBM; compiling "
+                  f"took {t_compile:.2f} s; max |compiled - LightGBM| = {diff:.2g})")
+            print(f"  features + compiled ({label}) {rate(n, t_feat + t_comp)}")
     else:
-        print("  model, compiled (lleaves)    not installed (pip install 'tidal[fast]')")
+        print("  model, compiled (lleaves): not installed (pip install 'tidal[fast]')")
     out = tmp / f"{name}_out.parquet"
     m = pq.ParquetFile(scored).metadata.num_rows
     figures = {}
     for engine in ("native", "auto"):
+        cpu = time.process_time()
         seconds, report = best(lambda: project.score(scored, out, engine=engine))  # noqa: B023
+        cpu = (time.process_time() - cpu) / 3
         figures[engine] = m / seconds
         used = ", ".join(report.engines)
         extra = f", compiling {report.compile_seconds:.2f} s included" if report.compile_seconds else ""
         print(f"  score_file Parquet -> Parquet, engine={engine:<6} {m:,} rows in {seconds:.2f} s = "
-              f"{rate(m, seconds)} (model: {used}{extra})")
+              f"{rate(m, seconds)} (model: {used}{extra}; {cpu:.2f} CPU-s per run)")
     return max(figures.values())
 
 

@@ -6,6 +6,7 @@ heavy libraries are imported inside commands so that ``tidal --help`` stays fast
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -529,6 +530,25 @@ def serve(host: Optional[str] = typer.Option(None, help="Address to bind (defaul
         run_server(project.spec, project.ws, host=host, port=port)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Any:
+    """Within the block, SIGTERM raises KeyboardInterrupt, so that cleanup code runs."""
+    import signal
+    import threading
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command()
 def score(input: str = typer.Argument(..., help="CSV or Parquet file, or Delta table folder, to score."),
           output: Path = typer.Option(..., "--output", "-o", help="Where to write the predictions (*.parquet or *.csv)."),
@@ -556,8 +576,9 @@ def score(input: str = typer.Argument(..., help="CSV or Parquet file, or Delta t
             speed = bar.tasks[0].speed
             bar.update(task, completed=done, total=total, rate=f"{speed:,.0f} rows/s" if speed else "")
 
-        report = project.score(input, output, version=version, chunk_rows=chunk_rows, progress=progress,
-                               engine=engine, strict=strict)
+        with _terminate_as_interrupt():  # a SIGTERM removes the temporary output like a Ctrl-C
+            report = project.score(input, output, version=version, chunk_rows=chunk_rows, progress=progress,
+                                   engine=engine, strict=strict)
     if as_json:
         _out(report.as_dict())
         return
@@ -637,7 +658,7 @@ def main() -> None:
     from tidal.errors import TidalError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except TidalError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
@@ -653,6 +674,10 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         raise
+    if code == 130:  # typer turns a Ctrl-C (or a SIGTERM made one) into this exit code, returned here
+        typer.echo("aborted", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

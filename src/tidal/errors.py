@@ -112,6 +112,13 @@ class NotReady(TidalError, RuntimeError):
     code = "not_ready"
 
 
+class InvalidArgument(TidalError, ValueError):
+    """An argument of an API call or a command is not acceptable (e.g. a malformed tuning budget)."""
+
+    status_code = 400
+    code = "invalid_argument"
+
+
 class PayloadTooLarge(TidalError, ValueError):
     """A request body is larger than the endpoint accepts."""
 

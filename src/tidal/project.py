@@ -105,10 +105,14 @@ class Project:
         return ingest_lookup_source(self.ws, self.spec, name, base)
 
     # training --------------------------------------------------------------------------
-    def train(self, *, data_versions: dict[str, Any] | None = None) -> Any:
+    def train(self, *, data_versions: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+              tune: str | int | None = None, progress: Any = None) -> Any:
+        """Train and register a candidate. ``params`` override the spec's LightGBM parameters; ``tune``
+        (``"5m"``, ``"90s"``, ``"1h"`` or a number of trials) searches them with Optuna first, calling
+        ``progress`` with each trial's figures (see :func:`tidal.training.tuning.tune_params`)."""
         from tidal.training.trainer import train
 
-        return train(self.ws, self.spec, data_versions=data_versions)
+        return train(self.ws, self.spec, data_versions=data_versions, params=params, tune=tune, progress=progress)
 
     def evaluate(self, version: int | str = "latest") -> dict[str, Any]:
         from tidal.training.trainer import evaluate

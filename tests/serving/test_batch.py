@@ -3,6 +3,7 @@ and the output appears whole or not at all."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -132,8 +133,12 @@ def test_output_is_written_atomically(scored, tmp_path):
         project.score(data / "telco.csv", out, chunk_rows=100, progress=fail_after_first_chunk, engine="native")
     assert out.read_bytes() == b"the previous output"  # untouched: no half-written output replaced it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]  # and no temporary file is left
+    # a killed run leaves its temporary file (no cleanup runs on SIGKILL): the next run removes it
+    (tmp_path / ".out.parquet.99999999.tmp").write_bytes(b"half")
+    (tmp_path / f".out.parquet.{os.getppid()}.tmp").write_bytes(b"a live process's")
     project.score(data / "telco.csv", out, engine="native")
     assert pl.read_parquet(out).height == N
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.parquet.{os.getppid()}.tmp", "out.parquet"]
 
 
 @pytest.mark.parametrize("make_input, message", [
@@ -194,7 +199,7 @@ def test_compiled_engine_agrees_with_lightgbm(scored, tmp_path):
 def test_compiled_engine_that_disagrees_is_refused(scored, tmp_path, monkeypatch):
     project, _, data = scored
     monkeypatch.setattr(compiled, "available", lambda: True)
-    monkeypatch.setattr(compiled, "compile_booster", lambda booster: lambda X: booster.predict(X) + 1e-3)
+    monkeypatch.setattr(compiled, "compile_booster", lambda booster, **kw: lambda X: booster.predict(X) + 1e-3)
     with pytest.raises(StateError, match="differs from LightGBM"):
         project.score(data / "telco.csv", tmp_path / "o.parquet", engine="compiled")
     # auto falls back to LightGBM and says so
@@ -218,3 +223,49 @@ def test_cli_score_prints_rows_and_speed(scored, tmp_path):
     assert pl.read_csv(tmp_path / "o.csv").height == N
     failure = run(project.spec_path.parent, "score", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "x.csv"))
     assert "input not found" in assert_clean_failure(failure)[0]
+
+
+def test_lookups_are_joined_as_in_training(tmp_path):
+    """The NYC flights example: each flight gets its airport's weather as of its scheduled hour, as in training."""
+    import yaml
+
+    from tidal.project import Project
+    from tidal.serving.batch import score_file
+    from tidal.training.dataset import training_table
+
+    example = TELCO.parents[1] / "flights"
+    spec = yaml.safe_load((example / "tidal.yaml").read_text())
+    spec["training"] = {"num_boost_round": 30}
+    for name in ("flights_2013_01.csv", "weather_2013_01.csv"):
+        shutil.copy(example / name, tmp_path / name)
+    (tmp_path / "tidal.yaml").write_text(yaml.safe_dump(spec))
+    with Project.open(tmp_path / "tidal.yaml") as project:
+        project.ingest_lookup("weather")
+        project.ingest(tmp_path / "flights_2013_01.csv")
+        result = project.train()
+        project.promote(result.version, force=True)
+        report = project.score(tmp_path / "flights_2013_01.csv", tmp_path / "o.parquet", chunk_rows=999,
+                               engine="native")
+        _, bundle = project.registry.load("production")
+        table = training_table(project.ws, project.spec, result.data_versions)
+        expected = bundle.booster.predict(bundle.pipeline.transform_arrow(table))
+        np.testing.assert_allclose(pl.read_parquet(tmp_path / "o.parquet")["probability"].to_numpy(), expected,
+                                   rtol=0, atol=1e-12)
+        assert report.rows == table.num_rows
+        with pytest.raises(StateError, match="lookups"):
+            score_file(project.spec, bundle, 1, tmp_path / "flights_2013_01.csv", tmp_path / "x.parquet")
+
+
+def test_sigterm_during_cli_scoring_runs_the_cleanup():
+    """`tidal score` turns SIGTERM into an interrupt, so the temporary output is removed as on Ctrl-C."""
+    import signal
+    import time
+
+    from tidal.cli import _terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with _terminate_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before

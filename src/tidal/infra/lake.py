@@ -39,12 +39,11 @@ class Lake:
 
     def append(self, table: str, data: pa.Table, *, commit_info: dict[str, str] | None = None) -> int:
         """Append ``data`` in one commit and return the new table version."""
-        from deltalake import CommitProperties
+        return self.writer(table).append(data, commit_info=commit_info)
 
-        props = CommitProperties(custom_metadata=commit_info) if commit_info else None
-        write_deltalake(self.path(table), data, mode="append", commit_properties=props,
-                        schema_mode="merge")
-        return DeltaTable(self.path(table)).version()
+    def writer(self, table: str) -> "TableWriter":
+        """An appender to ``table`` that keeps it open between commits (for a writer that commits often)."""
+        return TableWriter(self.path(table))
 
     def version(self, table: str) -> int | None:
         try:
@@ -62,3 +61,28 @@ class Lake:
 
     def versions(self) -> dict[str, int | None]:
         return {t: self.version(t) for t in TABLES}
+
+
+class TableWriter:
+    """Appends to one Delta table, keeping it open: after the first commit, each commit reads the
+    table's log once (the write updates the open table in place) instead of opening it twice.
+    Not thread-safe: one writer per thread (a log buffer serialises its flushes)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._table: DeltaTable | None = None
+
+    def append(self, data: pa.Table, *, commit_info: dict[str, str] | None = None) -> int:
+        """Append ``data`` in one commit and return the new table version."""
+        from deltalake import CommitProperties
+
+        props = CommitProperties(custom_metadata=commit_info) if commit_info else None
+        try:
+            write_deltalake(self._table if self._table is not None else self.path, data, mode="append",
+                            commit_properties=props, schema_mode="merge")
+        except BaseException:
+            self._table = None  # reopen on the next try
+            raise
+        if self._table is None:
+            self._table = DeltaTable(self.path)
+        return self._table.version()

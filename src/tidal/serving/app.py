@@ -1,7 +1,10 @@
 """The HTTP server: FastAPI on uvicorn, a thin face over the predictor, the registry and the lake.
 
-Hot path: bytes -> pydantic (Rust) validation -> pipeline -> LightGBM -> JSON; the prediction
-log is an append to a bounded buffer. Background tasks flush the buffers to the lake and
+Hot path: POST /v1/predict is answered before FastAPI's middleware and routing (a plain ASGI
+handler on the event loop: no thread hop): bytes -> msgspec Struct generated from the record
+model (the pydantic model only when msgspec refuses the body, to accept what it accepts or
+name every problem) -> pipeline -> LightGBM -> orjson; the prediction log is an append of
+one tuple per row to a bounded buffer. Background tasks flush the buffers to the lake and
 swap in a new production model (one reference assignment) without a restart.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -27,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
 from tidal.features.online import OnlineLookups
+from tidal.features.pipeline import record_values
 from tidal.infra.workspace import Workspace
 from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes
@@ -36,7 +41,7 @@ from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import Predictor
 from tidal.serving.routing import Deployment, LiveStats, breach
 from tidal.serving.run_routes import add_run_routes
-from tidal.serving.schema import FeedbackResponse, PredictResponse, feedback_model, record_model
+from tidal.serving.schema import FeedbackResponse, PredictResponse, feedback_model, record_decoder, record_model
 from tidal.spec import Spec
 
 log = logging.getLogger("tidal.serving")
@@ -46,6 +51,7 @@ _ARROW = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.boo
 
 
 def prediction_log_schema(spec: Spec) -> pa.Schema:
+    # ServerState.score() and score_shadow() build each log row as a tuple in this order
     fields = [pa.field("_id", pa.string()), pa.field("_ts", pa.timestamp("us", tz="UTC")),
               pa.field("_version", pa.int64()), pa.field("_score", pa.float64()),
               pa.field("_prediction", pa.string()), pa.field("_decision", pa.string()),
@@ -61,6 +67,19 @@ def prediction_log_schema(spec: Spec) -> pa.Schema:
 
 LABEL_SCHEMA = pa.schema([pa.field("_id", pa.string()), pa.field("_label", pa.string()),
                           pa.field("_ts", pa.timestamp("us", tz="UTC"))])
+
+
+_UUID_VERSION = bytes(x & 0x0F | 0x40 for x in range(256))  # byte 6 of a version-4 UUID
+_UUID_VARIANT = bytes(x & 0x3F | 0x80 for x in range(256))  # byte 8: the RFC 4122 variant
+
+
+def prediction_ids(n: int) -> list[str]:
+    """``n`` random ids in ``uuid.uuid4().hex``'s format (version 4 UUIDs) from one ``os.urandom`` call."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = raw[6::16].translate(_UUID_VERSION)
+    raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
+    text = raw.hex()
+    return [text[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
 def _problems(exc: ValidationError, prefix: str) -> list[Problem]:
@@ -100,6 +119,7 @@ class ServerState:
         self.labels = LogBuffer(lake=ws.lake, table="labels", schema=LABEL_SCHEMA,
                                 capacity=spec.serving.log_buffer_size)
         self.logged_columns = [f.name for f in self.predictions.schema if not f.name.startswith("_")]
+        self._scored_counters: dict[int, Any] = {}
         self.lookups = OnlineLookups(spec) if spec.lookups else None
 
     def refresh_lookups(self) -> None:
@@ -170,6 +190,7 @@ class ServerState:
                 self.probation.discard(production.version)
                 back = registry.rollback(actor="tidal-watchdog", reason=f"auto-rollback of {production.version}: {why}")
                 self.load_production()
+                self.probation.discard(back["version"])  # the known-good version: not judged (no ping-pong)
                 log.warning("rolled back %s to %s: %s", production.version, back["version"], why)
                 return f"rolled back {production.version} to {back['version']}: {why}"
         return None
@@ -186,7 +207,9 @@ class ServerState:
         """
         deployment = self.deployment  # read once: a swap mid-request cannot mix two models
         key = records[0].get(self.spec.entity_key) if self.spec.entity_key else None
-        predictor = deployment.route(key if key is not None else uuid.uuid4().int)
+        if key is None and deployment.canary is not None:  # without a canary the key is not used
+            key = uuid.uuid4().int
+        predictor = deployment.route(key)
         if predictor is None:
             raise NotReady("no model is in production yet", fix="run `tidal promote latest`")
         if self.lookups is not None:  # the lookup features, as of each record's event time
@@ -202,19 +225,24 @@ class ServerState:
             raise
         self.live.record(predictor.version, time.perf_counter() - started, True)
         now = datetime.now(timezone.utc)
+        version, append = predictor.version, self.predictions.append
+        ids = prediction_ids(len(records))
         out = []
-        for rec, pred, prob, dec, score in zip(records, preds, probs, decisions, scores.tolist()):
-            pid = uuid.uuid4().hex
+        for values, pid, pred, prob, dec, score in zip(record_values(records, self.logged_columns), ids, preds, probs,
+                                                       decisions, scores.tolist()):
             out.append({"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec})
-            row = {"_id": pid, "_ts": now, "_version": predictor.version, "_score": score,
-                   "_prediction": str(pred), "_decision": str(dec), "_shadow": False}
-            for name in self.logged_columns:
-                row[name] = rec.get(name)
-            self.predictions.append(row)
+            append((pid, now, version, score, str(pred), str(dec), False, *values))
         if deployment.shadow is not None:  # scored later, off the hot path
-            self.shadow_queue.append((records, [o["prediction_id"] for o in out], now))
-        self.metrics.predictions.labels(str(predictor.version)).inc(len(records))
-        return predictor.version, out
+            self.shadow_queue.append((records, ids, now))
+        self._scored(version).inc(len(records))
+        return version, out
+
+    def _scored(self, version: int) -> Any:
+        """The rows-scored counter of ``version`` (label lookups cached: they cost a lock each)."""
+        child = self._scored_counters.get(version)
+        if child is None:
+            child = self._scored_counters[version] = self.metrics.predictions.labels(str(version))
+        return child
 
     def score_shadow(self) -> int:
         """Score the queued requests with the shadow version and log its answers (returned to nobody)."""
@@ -227,11 +255,8 @@ class ServerState:
             scores = shadow.scores(records)
             preds, _, decisions = shadow.outputs(scores)
             for rec, pid, pred, dec, score in zip(records, ids, preds, decisions, scores.tolist()):
-                row = {"_id": pid, "_ts": at, "_version": shadow.version, "_score": score,
-                       "_prediction": str(pred), "_decision": str(dec), "_shadow": True}
-                for name in self.logged_columns:
-                    row[name] = rec.get(name)
-                self.predictions.append(row)
+                self.predictions.append((pid, at, shadow.version, score, str(pred), str(dec), True,
+                                         *[rec.get(name) for name in self.logged_columns]))
                 n += 1
         return n
 
@@ -256,6 +281,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     Record = record_model(spec)
     Feedback = feedback_model(spec)
     one_record, many_records = TypeAdapter(Record), TypeAdapter(list[Record])
+    fast_records = record_decoder(Record)
     one_feedback, many_feedback = TypeAdapter(Feedback), TypeAdapter(list[Feedback])
 
     @contextlib.asynccontextmanager
@@ -278,8 +304,8 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(state.flush)  # graceful shutdown: nothing buffered is lost
 
-    app = FastAPI(title=f"tidal: {spec.name}", version="1", lifespan=lifespan,
-                  description=spec.description or f"Predictions of {spec.target}.")
+    app = _TidalAPI(title=f"tidal: {spec.name}", version="1", lifespan=lifespan,
+                    description=spec.description or f"Predictions of {spec.target}.")
     app.state.tidal = state
 
     @app.exception_handler(TidalError)
@@ -322,13 +348,22 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         "required": True, "content": {"application/json": {"schema": {
             "oneOf": [{"$ref": f"#/components/schemas/{Record.__name__}"},
                       {"type": "array", "items": {"$ref": f"#/components/schemas/{Record.__name__}"}}]}}}}})
-    async def predict(request: Request) -> Response:
+    async def predict(request: Request) -> Response:  # served by predict_bytes before routing; kept for OpenAPI
+        return Response(predict_bytes(await request.body()), media_type="application/json")
+
+    def records_of(body: bytes) -> list[dict[str, Any]]:
+        records = fast_records(body) if fast_records is not None else None
+        if records is None:  # pydantic accepts it the same way or names every problem
+            records = [r.__dict__ for r in _parse(body, one_record, many_records, "record")]
+        return records
+
+    def predict_bytes(body: bytes) -> bytes:
         started = time.perf_counter()
-        records = [r.__dict__ for r in _parse(await request.body(), one_record, many_records, "record")]
-        version, out = state.score(records)
+        version, out = state.score(records_of(body))
         state.metrics.latency.observe(time.perf_counter() - started)
-        return Response(orjson.dumps({"model_version": version, "predictions": out}),
-                        media_type="application/json")
+        return orjson.dumps({"model_version": version, "predictions": out})
+
+    app.hot_predict = _hot_route(predict_bytes, state.metrics.requests)
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": {
@@ -384,6 +419,58 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     return app
 
 
+class _TidalAPI(FastAPI):
+    """FastAPI, with ``POST /v1/predict`` answered before its middleware and routing (the hot path)."""
+
+    hot_predict: Any = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (self.hot_predict is not None and scope["type"] == "http" and scope["path"] == "/v1/predict"
+                and scope["method"] == "POST"):
+            await self.hot_predict(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_INTERNAL_ERROR = orjson.dumps({"error": {"code": "internal_error", "message": "internal error; see the server log"}})
+
+
+def _hot_route(handle: Any, counter: Counter) -> Any:
+    """A plain ASGI app answering with ``handle(body)``: the error bodies of the app's exception
+    handlers, and the request counter that the middleware keeps for the other routes."""
+    counted: dict[int, Any] = {}
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        unexpected = None
+        try:
+            status, payload = 200, handle(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        except TidalError as exc:
+            status, payload = exc.status_code, orjson.dumps(exc.to_body())
+        except Exception as exc:  # noqa: BLE001 - answered like the app's handler, then re-raised like Starlette
+            log.error("unhandled error", exc_info=exc)
+            status, payload, unexpected = 500, _INTERNAL_ERROR, exc
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS]})
+        await send({"type": "http.response.body", "body": payload})
+        child = counted.get(status)
+        if child is None:
+            child = counted[status] = counter.labels("/v1/predict", str(status))
+        child.inc()
+        if unexpected is not None:
+            raise unexpected
+
+    return app
+
+
 class _CountRequests:
     """Pure ASGI middleware counting responses by route and status (cheap: no request wrapping)."""
 
@@ -393,6 +480,7 @@ class _CountRequests:
     def __init__(self, app: Any, *, counter: Counter) -> None:
         self.app = app
         self.counter = counter
+        self.counted: dict[tuple[str, int], Any] = {}  # label lookups cached: they cost a lock each
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -411,7 +499,10 @@ class _CountRequests:
         finally:
             path = scope["path"]
             route = path if path in self.ROUTES else "/v2" if path.startswith("/v2/") else "other"
-            self.counter.labels(route, str(status)).inc()
+            child = self.counted.get((route, status))
+            if child is None:
+                child = self.counted[(route, status)] = self.counter.labels(route, str(status))
+            child.inc()
 
 
 def _label_text(value: Any) -> str:

@@ -37,6 +37,7 @@ from tidal.spec import Spec
 ENGINES = ("auto", "native", "compiled")
 COMPILE_MIN_ROWS = 1_000_000  # auto compiles for inputs at least this long (compiling costs ~1-2 s)
 COMPILE_MIN_BYTES = 32 << 20  # ... or, when the row count is unknown (CSV), at least this large
+INLINE_MIN_ROWS = 10_000_000  # ... and lets LLVM inline the trees (slower to compile, faster to run) from here
 PREFETCH_CHUNKS = 3  # chunks read and featurised ahead of the model (e.g. while it compiles): bounds memory
 Progress = Callable[[int, "int | None"], None]
 
@@ -77,19 +78,24 @@ class _Model:
     LightGBM's threads and the compiler slow each other down several times over.)
     """
 
-    def __init__(self, booster: Any, engine: str, *, large: bool) -> None:
+    def __init__(self, booster: Any, engine: str, *, large: bool, inline: bool = False) -> None:
         self.booster = booster
+        self.inline = inline
         self.engine = engine
         self.compiled: Callable[[np.ndarray], np.ndarray] | None = None
         self.parity: float | None = None
         self.compile_seconds: float | None = None
         self.notes: list[str] = []
+        self.large = large
         self._result: dict[str, Any] = {}
         self._ready = threading.Event()
-        if engine == "compiled" and not compiled.available():
+
+    def start(self) -> None:
+        """Start compiling in a thread when the engine calls for it (the first prediction waits)."""
+        if self.engine == "compiled" and not compiled.available():
             raise StateError("the compiled engine needs lleaves, which is not installed",
                              fix="pip install 'tidal[fast]', or use --engine native")
-        if engine == "compiled" or (engine == "auto" and large and compiled.available()):
+        if self.engine == "compiled" or (self.engine == "auto" and self.large and compiled.available()):
             threading.Thread(target=self._compile, name="tidal-compile", daemon=True).start()
         else:
             self._ready.set()
@@ -97,7 +103,7 @@ class _Model:
     def _compile(self) -> None:
         started = time.perf_counter()
         try:
-            self._result["predict"] = compiled.compile_booster(self.booster)
+            self._result["predict"] = compiled.compile_booster(self.booster, inline=self.inline)
         except Exception as exc:  # noqa: BLE001 - a compiler failure leaves the native path
             self._result["error"] = f"{type(exc).__name__}: {exc}"
         self.compile_seconds = time.perf_counter() - started
@@ -175,7 +181,8 @@ def score_file(spec: Spec, bundle: Bundle, version: int, input: str | Path, outp
     rule = DecisionRule.from_signature(bundle.signature)
     large = (source.total_rows or 0) >= COMPILE_MIN_ROWS or (
         source.total_rows is None and (source.size_bytes or 0) >= COMPILE_MIN_BYTES)
-    model = _Model(bundle.booster, engine, large=large)
+    model = _Model(bundle.booster, engine, large=large, inline=(source.total_rows or 0) >= INLINE_MIN_ROWS)
+    model.start()
     columns = list(dict.fromkeys([*kinds, *([key] if key else [])]))
     writer = AtomicWriter(output)
     report = ScoreReport(input=str(input), output=str(output), model_version=version, rows=0, seconds=0.0)

@@ -212,6 +212,7 @@ class AtomicWriter:
             table = pa.table({n: _plain_text(c) for n, c in zip(table.column_names, table.columns)})
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_stale()
             if self.format == "parquet":
                 import pyarrow.parquet as pq
 
@@ -222,6 +223,13 @@ class AtomicWriter:
 
                 self._file = pacsv.CSVWriter(self.tmp, table.schema)
         self._file.write_table(table)
+
+    def _remove_stale(self) -> None:
+        """Remove temporary files of this output left by runs that were killed (their process is gone)."""
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            pid = tmp.name[len(self.path.name) + 2:-len(".tmp")]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     def _finish_thread(self) -> None:
         if self._thread is not None:
@@ -252,6 +260,16 @@ class AtomicWriter:
                 pass
             self._file = None
         self.tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _plain_text(column: Any) -> Any:

@@ -30,15 +30,20 @@ def available() -> bool:
     return importlib.util.find_spec("lleaves") is not None
 
 
-def compile_booster(booster: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The booster compiled to native code: a function from the feature matrix to ``booster.predict``'s output."""
+def compile_booster(booster: Any, *, inline: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """The booster compiled to native code: a function from the feature matrix to ``booster.predict``'s output.
+
+    ``inline`` lets LLVM inline the trees: compiling takes about 1.8 CPU-s instead of 0.5 on our
+    models, and predicting takes from 15% (flights) to 70% (fraud) less, which pays only past
+    several million rows.
+    """
     import lleaves
 
     with tempfile.TemporaryDirectory(prefix="tidal-compile-") as tmp:
         path = Path(tmp) / "model.txt"
         path.write_text(booster.model_to_string())
         model = lleaves.Model(model_file=str(path))
-        model.compile()
+        model.compile(finline=inline)
 
     def predict(X: np.ndarray) -> np.ndarray:
         return model.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=THREADS)

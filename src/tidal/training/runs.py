@@ -41,9 +41,14 @@ class RunTracker:
                                     "spec_sha256": spec.digest(), "started_at": now()})
         return run_id
 
-    def finish(self, run_id: str, *, status: str, metrics: dict[str, Any], artifact: str | None = None) -> None:
-        self.ws.store.update(runs, runs.c.run_id == run_id,
-                             {"status": status, "metrics": metrics, "artifact": artifact, "ended_at": now()})
+    def finish(self, run_id: str, *, status: str, metrics: dict[str, Any], artifact: str | None = None,
+               params: dict[str, Any] | None = None) -> None:
+        """Close a run; ``params``, when given, replace the ones recorded at the start (choices made while
+        fitting: the imbalance weighting, the tuned parameters)."""
+        values = {"status": status, "metrics": metrics, "artifact": artifact, "ended_at": now()}
+        if params is not None:
+            values["params"] = params
+        self.ws.store.update(runs, runs.c.run_id == run_id, values)
 
     def get(self, run_id: str) -> dict[str, Any]:
         return runlog.get_run(self.ws.store, run_id)

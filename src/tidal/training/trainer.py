@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import lightgbm as lgb
 import numpy as np
@@ -17,10 +17,12 @@ from tidal.infra.lake import lookup_table
 from tidal.infra.workspace import Workspace
 from tidal.registry.bundle import write_bundle
 from tidal.registry.registry import Registry
-from tidal.spec import Spec, Training
+from tidal.spec import LIGHTGBM_DEFAULTS, Spec, Training
 from tidal.training import costs as C
 from tidal.training.baseline import fit_baseline
 from tidal.training.dataset import labels_array, split_rows, training_table
+from tidal.training.imbalance import choose as choose_imbalance
+from tidal.training.imbalance import sample_weights
 from tidal.training.runs import RunTracker
 
 
@@ -50,15 +52,25 @@ def label_slope(spec: Spec, y: np.ndarray, scores: np.ndarray) -> float | None:
     return float(np.corrcoef(scores, y)[0, 1])
 
 
-def _lgb_params(spec: Spec, y: np.ndarray) -> dict[str, Any]:
+def lgb_params(spec: Spec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """LightGBM's parameters: tidal's fixed ones, its defaults, the spec's ``training.params``, then ``overrides``
+    (tuned or given to :func:`train`), each over the one before."""
     params = {"objective": "binary" if spec.task == "binary" else "regression", "verbosity": -1,
               "seed": spec.training.seed, "deterministic": True, "num_threads": 2, "force_row_wise": True}
+    params.update(LIGHTGBM_DEFAULTS)
     params.update(spec.training.params)
+    params.update(overrides or {})
     return params
 
 
-def fit(spec: Spec, table: pa.Table) -> dict[str, Any]:
-    """Fit pipeline and model on ``table``; return everything a bundle and a run need."""
+def fit(spec: Spec, table: pa.Table, *, params: dict[str, Any] | None = None, tune: Any = None,
+        progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Fit pipeline and model on ``table``; return everything a bundle and a run need.
+
+    ``params`` override the spec's LightGBM parameters; with ``tune`` (a budget, see
+    :func:`tidal.training.tuning.parse_budget`), Optuna searches them first on the same
+    training and validation rows, and the best ones override ``params``.
+    """
     y = labels_array(table, spec)
     if np.isnan(y).any():
         raise StateError("the training set has rows without a valid target")
@@ -71,11 +83,26 @@ def fit(spec: Spec, table: pa.Table) -> dict[str, Any]:
          if f.type == "categorical"})
     X = pipeline.transform_arrow(table)
     cats = pipeline.categorical_indices
-    dtrain = lgb.Dataset(X[split.train], y[split.train], categorical_feature=cats, free_raw_data=False,
-                         feature_name=pipeline.output_names)
-    dvalid = lgb.Dataset(X[split.valid], y[split.valid], reference=dtrain, categorical_feature=cats)
+    imbalance = (choose_imbalance(spec.training.imbalance, y[split.train], lgb_params(spec, params))
+                 if spec.task == "binary" else None)
+    # tuning trials change min_data_in_leaf on the same Datasets, which LightGBM's pre-filter forbids
+    ds_params = {"feature_pre_filter": False} if tune is not None else None
+    dtrain = lgb.Dataset(X[split.train], y[split.train], weight=sample_weights(y[split.train], imbalance),
+                         categorical_feature=cats, free_raw_data=False, feature_name=pipeline.output_names,
+                         params=ds_params)
+    # the validation rows carry the same weights: early stopping watches the loss the booster minimises
+    dvalid = lgb.Dataset(X[split.valid], y[split.valid], weight=sample_weights(y[split.valid], imbalance),
+                         reference=dtrain, categorical_feature=cats, params=ds_params)
+    tuning = None
+    if tune is not None:
+        from tidal.training.tuning import tune_params
+
+        tuning = tune_params(spec, lgb_params(spec, params), dtrain, dvalid, valid=(X[split.valid], y[split.valid]),
+                             budget=tune, progress=progress)
+        params = {**(params or {}), **tuning["best_params"]}
+    final_params = lgb_params(spec, params)
     started = time.perf_counter()
-    booster = lgb.train(_lgb_params(spec, y), dtrain, num_boost_round=spec.training.num_boost_round,
+    booster = lgb.train(final_params, dtrain, num_boost_round=spec.training.num_boost_round,
                         valid_sets=[dvalid],
                         callbacks=[lgb.early_stopping(spec.training.early_stopping_rounds, verbose=False)])
     fit_seconds = time.perf_counter() - started
@@ -102,8 +129,12 @@ def fit(spec: Spec, table: pa.Table) -> dict[str, Any]:
     if spec.task == "binary":
         seen = sorted(set(table.column(spec.target).cast(pa.string()).to_pylist()) - {None, spec.positive_label})
         signature_rule["negative_class"] = seen[0] if len(seen) == 1 else f"not_{spec.positive_label}"
+    if tuning is not None:
+        metrics["tuning"] = {k: tuning[k] for k in ("trials", "completed", "best_value", "default_value", "metric",
+                                                    "seconds")}
     return {"booster": booster, "pipeline": pipeline, "metrics": metrics, "rule": signature_rule,
-            "reference": reference, "split": split}
+            "reference": reference, "split": split, "params": final_params, "imbalance": imbalance,
+            "tuning": tuning}
 
 
 def signature_for(spec: Spec, pipeline: FeaturePipeline, rule: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +154,19 @@ def signature_for(spec: Spec, pipeline: FeaturePipeline, rule: dict[str, Any]) -
 
 
 def train(ws: Workspace, spec: Spec, *, data_versions: dict[str, Any] | None = None, kind: str = "train",
-          actor: str | None = None) -> TrainResult:
-    """Train on the lake (at ``data_versions``, default the newest), bundle and register a candidate."""
+          actor: str | None = None, params: dict[str, Any] | None = None, tune: Any = None,
+          progress: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train on the lake (at ``data_versions``, default the newest), bundle and register a candidate.
+
+    ``params`` override the spec's LightGBM parameters for this run. ``tune`` (a budget:
+    ``"5m"``, ``"90s"``, ``"1h"`` or a number of trials) searches them with Optuna first
+    (:mod:`tidal.training.tuning`), calling ``progress`` after each trial. The run records
+    the parameters used, the imbalance weighting and the study's summary.
+    """
+    if tune is not None:
+        from tidal.training.tuning import parse_budget
+
+        tune = parse_budget(tune)  # a malformed budget fails before any work
     versions = dict(data_versions or {"events": ws.lake.version("events")})
     if versions.get("events") is None:
         raise StateError("there is no accepted data to train on", fix="run `tidal ingest FILE` first")
@@ -137,12 +179,16 @@ def train(ws: Workspace, spec: Spec, *, data_versions: dict[str, Any] | None = N
             raise StateError(f"lookup {', '.join(map(repr, empty))} has no data to join",
                              fix="ingest it first: `tidal ingest --lookup NAME [FILE]`")
     tracker = RunTracker(ws)
-    run_id = tracker.start(kind=kind, spec=spec, params={"lightgbm": _lgb_params(spec, np.empty(0)),
-                                                         "training": spec.training.model_dump()},
-                           data_versions=versions)
+    run_params: dict[str, Any] = {"lightgbm": lgb_params(spec, params), "training": spec.training.model_dump()}
+    run_id = tracker.start(kind=kind, spec=spec, params=run_params, data_versions=versions)
     try:
         table = training_table(ws, spec, versions)
-        out = fit(spec, table)
+        out = fit(spec, table, params=params, tune=tune, progress=progress)
+        run_params = {**run_params, "lightgbm": out["params"]}
+        if out["imbalance"] is not None:
+            run_params["imbalance"] = out["imbalance"]
+        if out["tuning"] is not None:
+            run_params["tuning"] = out["tuning"]
         signature = signature_for(spec, out["pipeline"], out["rule"])
         metrics = {**out["metrics"], "data_rows": table.num_rows}
         path = ws.bundles / run_id
@@ -153,7 +199,7 @@ def train(ws: Workspace, spec: Spec, *, data_versions: dict[str, Any] | None = N
     except BaseException:
         tracker.finish(run_id, status="failed", metrics={})
         raise
-    tracker.finish(run_id, status="finished", metrics=metrics, artifact=str(path))
+    tracker.finish(run_id, status="finished", metrics=metrics, artifact=str(path), params=run_params)
     return TrainResult(run_id=run_id, version=version, metrics=metrics, bundle_path=str(path),
                        data_versions=versions)
 
