@@ -263,10 +263,18 @@ def quarantine_drop(batch_id: str, reason: str = typer.Option(..., help="Why, fo
 @app.command()
 def train(data_version: Optional[int] = typer.Option(
                None, "--data-version", help="Train on this version of the events table (default: the newest)."),
+           tune: Optional[str] = typer.Option(
+               None, "--tune", help="Tune LightGBM's parameters with Optuna first, within a budget: "
+                                    "a time (90s, 5m, 1h) or a number of trials (30)."),
+           quiet: bool = typer.Option(False, "--quiet", "-q", help="No tuning progress display."),
            spec: str = SpecOption, as_json: bool = JsonOption) -> None:
     """Fit the feature pipeline and a LightGBM model; register it as a candidate."""
-    with _project(spec) as project:
-        result = project.train(data_versions=None if data_version is None else {"events": data_version})
+    versions = None if data_version is None else {"events": data_version}
+    if tune is None:
+        with _project(spec) as project:
+            result = project.train(data_versions=versions)
+    else:
+        result = _train_tuned(spec, versions, tune, quiet=quiet or as_json)
     if as_json:
         _out({"run_id": result.run_id, "version": result.version, "metrics": result.metrics})
         return
@@ -274,6 +282,34 @@ def train(data_version: Optional[int] = typer.Option(
     figures = ", ".join(f"{k} {_fmt(m[k])}" for k in ("auc", "pr_auc", "rmse", "mae", "cost_per_row") if k in m)
     typer.echo(f"run {result.run_id}: model version {result.version} ({result.metrics['split']} split); "
                f"held-out {figures}")
+
+
+def _train_tuned(spec: str, versions: Optional[dict[str, Any]], tune: str, *, quiet: bool) -> Any:
+    """Train with tuning, showing each trial (number, best validation score, elapsed time) on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tidal.training.tuning import parse_budget
+
+    budget = parse_budget(tune)
+    columns = [TextColumn("tuning"), BarColumn(), TextColumn("trial {task.fields[trial]}"),
+               TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn(f"of {budget}")]
+    with _project(spec) as project, Progress(*columns, console=Console(stderr=True), disable=quiet,
+                                             transient=True) as bar:
+        task = bar.add_task("tune", total=budget.trials or budget.seconds, trial=0, best="-")
+
+        def progress(info: dict[str, Any]) -> None:
+            best = info["best_value"]
+            bar.update(task, completed=info["trial"] if budget.trials else min(info["elapsed"], budget.seconds),
+                       trial=info["trial"], best="-" if best is None else f"{info['metric']} {best:.5f}")
+
+        result = project.train(data_versions=versions, tune=budget, progress=progress)
+    summary = result.metrics.get("tuning") or {}
+    if not quiet and summary:
+        best, default = summary.get("best_value"), summary.get("default_value")
+        typer.echo(f"tuned: {summary['trials']} trials in {summary['seconds']:.0f} s; validation {summary['metric']} "
+                   f"{_fmt(default)} with the spec's parameters, {_fmt(best)} with the best", err=True)
+    return result
 
 
 @app.command()

@@ -73,7 +73,9 @@ def test_whole_loop(folder):
     assert r.returncode == 0, r.stderr
     shown = yaml.safe_load(r.stdout)
     assert shown["training"]["num_boost_round"] == 30
-    assert shown["training"]["early_stopping_rounds"] == 30
+    from tidal.spec import Training
+
+    assert shown["training"]["early_stopping_rounds"] == Training().early_stopping_rounds  # a default, filled in
     assert shown["guardrails"]["p99_latency_ms"] == 50.0
     assert shown["monitoring"]["window"] == 1000
     assert shown["features"]["tenure"]["max"] is None

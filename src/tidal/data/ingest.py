@@ -112,7 +112,7 @@ def ingest_frame(ws: Workspace, spec: Spec, frame: pl.DataFrame, *, batch_id: st
     if rejects:
         raise DataValidationError(f"batch {batch_id} rejected by {len(rejects)} check(s)",
                                   problems=[Problem(c.check, c.message) for c in rejects])
-    q_raw = result.raw.filter(pl.col("_row").is_in(result.quarantined["_row"].implode()))
+    q_raw = result.raw_rows(result.quarantined["_row"])
     q_reasons: list[Any] = result.quarantined[REASONS].to_list()
     reason_counts = dict(result.reason_counts)
     # row-level batch checks (repeated keys) quarantine their rows
@@ -120,7 +120,7 @@ def ingest_frame(ws: Workspace, spec: Spec, frame: pl.DataFrame, *, batch_id: st
         if c.row_mask is not None and c.severity == "quarantine":
             rows = accepted.filter(pl.Series(c.row_mask))["_row"]
             accepted = accepted.filter(~pl.Series(c.row_mask))
-            q_raw = pl.concat([q_raw, result.raw.filter(pl.col("_row").is_in(rows.implode()))])
+            q_raw = pl.concat([q_raw, result.raw_rows(rows)])
             q_reasons += [[c.message]] * rows.len()
             reason_counts[c.check] = reason_counts.get(c.check, 0) + rows.len()
     held = [c for c in failed if c.row_mask is None and c.severity == "quarantine"]
@@ -128,7 +128,7 @@ def ingest_frame(ws: Workspace, spec: Spec, frame: pl.DataFrame, *, batch_id: st
     if held:
         status = "held"
         note = "batch held: " + "; ".join(c.message for c in held)
-        held_raw = result.raw.filter(pl.col("_row").is_in(accepted["_row"].implode()))
+        held_raw = result.raw_rows(accepted["_row"])
         q_raw = pl.concat([q_raw, held_raw])
         q_reasons += [[note]] * held_raw.height
         for c in held:

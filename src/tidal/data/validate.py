@@ -41,6 +41,11 @@ class ValidationResult:
         """Every row of the batch as text, with _row (built on first use)."""
         return self.batch.select("_row", pl.all().exclude("_row").cast(pl.String))
 
+    def raw_rows(self, rows: pl.Series) -> pl.DataFrame:
+        """The given rows of the batch as text: filtered first, so only they are converted."""
+        picked = self.batch.filter(pl.col("_row").is_in(rows.implode()))
+        return picked.select("_row", pl.all().exclude("_row").cast(pl.String))
+
 
 def spec_columns(spec: Spec) -> dict[str, str]:
     """Every column tidal keeps, with its logical type (the target and keys included)."""
