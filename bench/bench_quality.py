@@ -241,7 +241,7 @@ def main() -> None:
             if "tuning" in r:
                 s = r["tuning"]
                 print(f"    tuning: {s['trials']} trials ({s['pruned']} pruned) in {s['seconds']:.0f} s, validation "
-                      f"{s['metric']} {s['default_value']} -> {s['best_value']:.5f}")
+                      f"{s['metric']} {s['default_value'] or float('nan'):.5f} (defaults) -> {s['best_value']:.5f}")
             gap = h["auc"] - t["auc"]
             checks = {f"AUC within {AUC_GAP} of hand-tuned (gap {gap:+.4f})": gap <= AUC_GAP,
                       f"cost below cost at 0.5 ({t['cost_per_row']:.4f} vs {t['cost_per_row_at_0_5']:.4f})":
