@@ -116,3 +116,17 @@ def test_cli_train_tune(project):
     assert out["metrics"]["tuning"]["trials"] == 2
     bad = CliRunner().invoke(cli.app, ["train", "--tune", "soon", "--spec", str(project.spec_path)], env=env)
     assert bad.exit_code != 0 and isinstance(bad.exception, InvalidArgument)
+
+
+def test_a_regression_study_minimises_l2(tmp_path):
+    features = {k: v for k, v in CHURN_SPEC["features"].items() if k != "MonthlyCharges"}
+    spec = {"name": "charges", "task": "regression", "target": "MonthlyCharges", "features": features,
+            "training": TRAINING}
+    (tmp_path / "tidal.yaml").write_text(yaml.safe_dump(spec))
+    with Project.open(tmp_path / "tidal.yaml") as project:
+        project.ingest(TELCO)
+        result = project.train(tune=2)
+        params = project.run(result.run_id)["params"]
+    assert params["tuning"]["metric"] == "l2" and params["tuning"]["trials"] == 2
+    assert "best_valid_cost_per_row" in params["tuning"] and "imbalance" not in params
+    assert result.metrics["test"]["rmse"] < 10

@@ -6,8 +6,9 @@ watches: the (imbalance-weighted) log-loss for binary tasks, l2 for regression. 
 a proper scoring rule over every row, so it ranks trials more steadily than the business
 cost, which hinges on the few rows near one threshold and would be optimistic when
 measured on the rows that also pick that threshold; each trial's validation cost at its own
-cost-optimal threshold is still recorded beside it. The first trial is tidal's current
-parameters, so tuning never reports a worse validation score than not tuning.
+cost-optimal threshold is still recorded beside it. The first trial is the run's current
+parameters (clipped into the search space), so tuning never reports a worse validation
+score than not tuning.
 
 The budget is time (``"90s"``, ``"5m"``, ``"1h"``) or a number of trials (``"30"``). A
 time budget is a deadline: no trial starts after it, and a trial still running when it
@@ -151,7 +152,8 @@ def tune_params(spec: Spec, base: dict[str, Any], dtrain: lgb.Dataset, dvalid: l
         if progress is None:
             return
         done = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
-        progress({"trial": trial.number + 1, "state": trial.state.name.lower(), "value": trial.value,
+        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
+        progress({"trial": trial.number + 1, "state": trial.state.name.lower(), "value": value,
                   "best_value": min(tr.value for tr in done) if done else None,
                   "elapsed": time.perf_counter() - started, "budget_seconds": budget.seconds,
                   "budget_trials": budget.trials, "metric": metric})
