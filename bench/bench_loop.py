@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
 
+from specs import BANK_SPEC  # noqa: E402
 from tidal.project import Project  # noqa: E402
 
 FLIGHTS_SPEC = {
@@ -31,15 +32,6 @@ FLIGHTS_SPEC = {
     "features": {"distance": {"type": "numeric", "min": 0}, "origin": {"type": "categorical"},
                  "destination": {"type": "categorical"}},
     "training": {"num_boost_round": 100, "early_stopping_rounds": 10},
-}
-BANK_SPEC = {
-    "name": "bank", "task": "binary", "target": "y", "positive_class": "yes",
-    "features": {c: {"type": "numeric"} for c in ("age", "balance", "day", "campaign", "pdays", "previous")}
-    | {c: {"type": "categorical"} for c in ("job", "marital", "education", "default", "housing", "loan",
-                                             "contact", "month", "poutcome")},
-    "exclude": ["duration"],
-    "costs": {"true_positive": -50, "false_positive": 5, "true_negative": 0, "false_negative": 0},
-    "training": {"num_boost_round": 300},
 }
 
 
