@@ -29,7 +29,7 @@ def recent_window(ws: Workspace, size: int) -> pa.Table | None:
     return preds.slice(max(0, preds.num_rows - size))
 
 
-def _labels_for(ws: Workspace, ids: pa.Array) -> dict[str, str]:
+def labels_for(ws: Workspace, ids: pa.Array) -> dict[str, str]:
     labels = ws.lake.read("labels")
     if labels is None or labels.num_rows == 0:
         return {}
@@ -96,7 +96,7 @@ def run_monitor(ws: Workspace, spec: Spec) -> dict[str, Any]:
         result["alerts"].append({"kind": "drift", "message": (
             f"{len(drifted)} of {len(result['features'])} features drifted ({', '.join(drifted) or 'none'}); "
             f"score PSI {result['score_psi']:.3f}")})
-    perf = _performance(spec, window, _labels_for(ws, window.column(LOG_ID).combine_chunks()),
+    perf = _performance(spec, window, labels_for(ws, window.column(LOG_ID).combine_chunks()),
                         bundle.signature, bundle.metrics.get("test", {}))
     result["performance"] = perf
     if perf.get("status") == "ok":

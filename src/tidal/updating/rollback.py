@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from tidal.infra.workspace import Workspace
-from tidal.monitoring.monitor import _labels_for, recent_window
+from tidal.monitoring.monitor import labels_for, recent_window
 from tidal.registry.registry import Registry
 from tidal.spec import Spec
 from tidal.training import costs as C
@@ -37,7 +37,7 @@ def rollback_on_performance(ws: Workspace, spec: Spec, result: dict[str, Any]) -
         return None
     window = recent_window(ws, spec.monitoring.window)
     window = window.filter(pc.equal(window.column(LOG_VERSION), current["version"]))
-    labels = _labels_for(ws, window.column(LOG_ID).combine_chunks())
+    labels = labels_for(ws, window.column(LOG_ID).combine_chunks())
     ids = window.column(LOG_ID).to_pylist()
     keep = [i for i, pid in enumerate(ids) if pid in labels]
     if len(keep) < spec.monitoring.min_labels:
