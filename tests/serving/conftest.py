@@ -26,11 +26,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def telco_records(n: int, offset: int = 0) -> list[dict]:
+def telco_records(n: int, offset: int = 0, *, extra: tuple[str, ...] = ()) -> list[dict]:
+    """``n`` typed Telco rows from ``offset``: the spec's features, plus the ``extra`` columns as text."""
     df = pl.read_csv(TELCO, infer_schema=False).slice(offset, n)
     out = []
     for row in df.iter_rows(named=True):
-        rec = {k: row[k] for k in CHURN_SPEC["features"]}
+        rec = {k: row[k] for k in (*extra, *CHURN_SPEC["features"])}
         rec["SeniorCitizen"] = row["SeniorCitizen"] == "1"
         rec["tenure"] = float(row["tenure"])
         rec["MonthlyCharges"] = float(row["MonthlyCharges"])

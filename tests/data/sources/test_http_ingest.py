@@ -7,12 +7,11 @@ import os
 import uuid
 
 import httpx
-import polars as pl
 import pytest
 import yaml
 
 from tests.conftest import CHURN_SPEC, TELCO
-from tests.serving.conftest import Server, free_port
+from tests.serving.conftest import Server, free_port, telco_records
 from tidal.project import Project
 
 TOKEN_ENV = "TIDAL_TEST_INGEST_TOKEN"
@@ -23,16 +22,7 @@ COLUMNS = LINES[0].strip().split(",")
 
 
 def records(n: int, offset: int = 0) -> list[dict]:
-    df = pl.read_csv(TELCO, infer_schema=False).slice(offset, n)
-    out = []
-    for row in df.iter_rows(named=True):
-        rec = {k: row[k] for k in ("customerID", "Churn", *CHURN_SPEC["features"])}
-        rec["SeniorCitizen"] = row["SeniorCitizen"] == "1"
-        rec["tenure"] = int(row["tenure"])
-        rec["MonthlyCharges"] = float(row["MonthlyCharges"])
-        rec["TotalCharges"] = float(row["TotalCharges"]) if row["TotalCharges"].strip() else None
-        out.append(rec)
-    return out
+    return telco_records(n, offset, extra=("customerID", "Churn"))
 
 
 def write_project(root, **http) -> Project:
