@@ -9,9 +9,8 @@ Data: the ULB credit-card fraud file (../shared/data/creditcard_fraud_ulb.parque
 V1..V20, Amount, Class, plus ``amount_band`` (Amount bucketed as text) = 24 columns. A
 random 30% of its rows is the trusted reference; the other 70% is resampled to 1M rows, each
 resampled value of V1..V20 and Amount scaled by (1 + N(0, 1%)) so that the copies are not
-exact duplicates. Legitimate nulls go into the nullable columns V11..V20 (0.1% each: the
-near-duplicate check gives every row with a missing value the same key, so many more would
-read as a flood of duplicates), then 1,500 failing rows are injected: 1,000 out-of-range
+exact duplicates. Legitimate nulls go into the nullable columns V11..V20 (0.1% each), then
+1,500 failing rows are injected: 1,000 out-of-range
 values, 300 nulls in non-nullable columns, 200 unknown categories (one failure per row). The
 batch is written to Parquet and each tool reads it its own way; preparation is not timed.
 
@@ -19,7 +18,13 @@ Each tool runs REPEATS times in a row ("in a row": its memory allocator stays wa
 busy ingester), then REPEATS more times interleaved with the others ("mixed": what one call
 meets after other work; tidal's allocations then page-fault afresh). The table shows the best
 run of each and the median of the mixed runs; Great Expectations runs GE_REPEATS times, mixed
-only (binding the frame to a batch is not timed). Run: ``.venv/bin/python bench/bench_validation.py`` (needs ``pip install -e '.[bench]'``).
+only (binding the frame to a batch is not timed).
+
+The statistical checks judge a random 100,000 of the batch's rows (``STATISTICS_ROWS``; drawing
+them is timed), with a fresh seed per run as in ingestion. The reference's own duplicate and
+outlier rates are computed once per loaded reference: the "fresh reference" row times the
+statistical checks against a newly loaded reference, as ingestion meets one after every
+accepted batch. Run: ``.venv/bin/python bench/bench_validation.py`` (needs ``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
 
-from tidal.data.checks import BASIC_CHECKS, STATISTICAL_CHECKS, CheckContext, run_checks  # noqa: E402
+from tidal.data.checks import (  # noqa: E402
+    BASIC_CHECKS, STATISTICAL_CHECKS, STATISTICS_ROWS, CheckContext, run_checks, statistics_rows)
 from tidal.data.ingest import ingest_frame  # noqa: E402
 from tidal.data.reference import Reference, load_reference  # noqa: E402
 from tidal.data.validate import _rules, spec_columns, validate_batch  # noqa: E402
@@ -168,7 +174,10 @@ def ge_setup() -> tuple[Any, Any, int]:
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no progress bars in the output
     batch_def = (context.data_sources.add_pandas("bench").add_dataframe_asset("batch")
                  .add_batch_definition_whole_dataframe("whole"))
     suite = gx.ExpectationSuite(name="schema")
@@ -238,9 +247,14 @@ def main() -> None:
 
     ctx = CheckContext(spec=spec, reference=reference, trust="high", model=None)
     accepted = validate_batch(frame, spec).accepted.drop("_row")  # what ingestion hands to run_checks
+
+    def fresh() -> Reference:  # the reference as just loaded: its own rates not yet measured
+        return Reference(reference.version, reference.profile, reference.sample)
+
     runs: dict[str, Callable[[], Any]] = {
         "schema": lambda: validate_batch(frame, spec),
         "stats": lambda: run_checks(accepted, ctx),
+        "stats_fresh": lambda: run_checks(accepted, CheckContext(spec=spec, reference=fresh())),
         "pandera": lambda: pandera_run(schemas["numpy"], pdf),
         "pandera_arrow": lambda: pandera_run(schemas["arrow"], pdf_arrow),
         "ge": lambda: batch_def.get_batch(batch_parameters={"dataframe": pdf}),  # binding the frame: not timed
@@ -256,16 +270,20 @@ def main() -> None:
         return secs
 
     # back to back: each tool REPEATS times in a row (its allocator stays warm, as in a busy ingester)
-    warm = {key: [run(key) for _ in range(REPEATS)] for key in ("schema", "stats", "pandera", "pandera_arrow")}
+    warm = {key: [run(key) for _ in range(REPEATS)]
+            for key in ("schema", "stats", "stats_fresh", "pandera", "pandera_arrow")}
     # interleaved: one run of each tool in turn (what a single call meets after other work)
     mixed: dict[str, list[float]] = {key: [] for key in runs}
     for i in range(REPEATS):
         for key in runs:
             if key != "ge" or i < GE_REPEATS:
                 mixed[key].append(run(key))
-    by_check = {}  # where the statistical time goes, one check function at a time
+    # where the statistical time goes, one check function at a time, on the rows run_checks hands them
+    sampled = statistics_rows(accepted, ctx)
+    by_check = {"check_sample": min(timed(lambda: statistics_rows(accepted, ctx))[0] for _ in range(3))}
     for check in BASIC_CHECKS + STATISTICAL_CHECKS:
-        by_check[check.__name__] = min(timed(lambda: check(accepted, ctx))[0] for _ in range(3))
+        rows = accepted if check in BASIC_CHECKS else sampled
+        by_check[check.__name__] = min(timed(lambda: check(rows, ctx))[0] for _ in range(3))
     load_end = os.getloadavg()[0]
 
     best_w = {k: min(v) for k, v in warm.items()} | {"ge": min(mixed["ge"])}
@@ -307,6 +325,7 @@ def main() -> None:
 
     row("tidal schema checks (validate_batch)", tidal_checks, "schema", found["tidal"])
     row("tidal statistical checks (run_checks vs reference)", len(stats), "stats", None)
+    row("  the same, against a fresh reference", len(stats), "stats_fresh", None)
     both_w, both_m = best_w["schema"] + best_w["stats"], best_m["schema"] + best_m["stats"]
     print(f"{'tidal schema + statistical':<52} {tidal_checks + len(stats):>6} {both_w:>8.3f} {both_m:>8.3f} "
           f"{med_m['schema'] + med_m['stats']:>9.3f} {N_ROWS / both_m / 1e6:>9.2f}")
@@ -321,6 +340,8 @@ def main() -> None:
     print(f"        pandera = dtype + not-null + ge/le/isin per column; Great Expectations = {len(suite.expectations)} "
           f"expectations (a between covers min and max) = {ge_checks} checks; "
           f"{tidal_checks + len(stats)} checks in all on tidal's side (the issue says 'about 40')")
+    print(f"        statistical checks judge a random {STATISTICS_ROWS:,} of the {accepted.height:,} accepted rows "
+          f"(the sample is drawn in 'sample')")
     print(f"        statistical checks failing on this batch: {stat_failed or 'none'}; time by check (best of 3): "
           + ", ".join(f"{k.removeprefix('check_')} {v * 1e3:.1f} ms" for k, v in by_check.items() if v >= 5e-4))
     agree = len(set(found.values())) == 1 and found["tidal"][0] == injected
@@ -333,10 +354,12 @@ def main() -> None:
         r_pandera = min(best["pandera"], best["pandera_arrow"]) / best["schema"]
         r_ge = best["ge"] / best["schema"]
         overhead = best["stats"] / best["schema"]
+        fresh_overhead = best["stats_fresh"] / best["schema"]
         print(f"{label + ':':<9} pandera/tidal schema {r_pandera:.1f}x (the faster pandera), GE/tidal schema {r_ge:.1f}x, "
-              f"statistical checks +{overhead:.0%} of tidal's schema time -> targets: >= 3x pandera "
+              f"statistical checks +{overhead:.0%} of tidal's schema time (+{fresh_overhead:.0%} against a fresh "
+              f"reference) -> targets: >= 3x pandera "
               f"{'MET' if r_pandera >= 3 else 'NOT MET'}, >= 10x GE {'MET' if r_ge >= 10 else 'NOT MET'}, "
-              f"statistical < 50% on top {'MET' if overhead < 0.5 else 'NOT MET'}")
+              f"statistical < 50% on top {'MET' if max(overhead, fresh_overhead) < 0.5 else 'NOT MET'}")
 
 if __name__ == "__main__":
     main()

@@ -5,13 +5,21 @@ statistical ones compare it with the trusted :class:`~tidal.data.reference.Refer
 shift of each feature, shift of the label mix, labels that stop following the production
 model (flipping), floods of duplicates or near-duplicates and of rows far outside the
 reference. Everything is vectorised in Polars/NumPy.
+
+The statistical checks judge shares of rows, so :func:`run_checks` hands them a random
+``STATISTICS_ROWS`` (100,000) rows of a larger batch: the sampling error of a share p is
+sqrt(p(1 - p) / 100,000), at most 0.0016, and PSI's own sampling bias is about
+bins / rows = 1e-4, both far below the thresholds (a few percent; PSI 0.25). The seed is
+``CheckContext.sample_seed``, drawn afresh when not given, so that a poisoner cannot know which
+rows will be looked at; a sampled result's message names the seed, which replays the check.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +27,8 @@ import numpy as np
 import polars as pl
 from tidal.data.reference import Reference
 from tidal.spec import Spec, Validation
+
+STATISTICS_ROWS = 100_000  # the statistical checks judge a random sample of this many rows of a larger batch
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class CheckContext:
     reference: Reference | None
     trust: str = "high"
     model: ReferenceModel | None = None
+    sample_seed: int | None = None  # seed of the rows sampled from a large batch; None: drawn afresh per batch
 
     @property
     def policy(self) -> Validation:
@@ -70,6 +81,25 @@ class CheckContext:
 def _result(name: str, severity: str, failed: bool, ok: str, bad: str, value: float | None = None,
             threshold: float | None = None, mask: np.ndarray | None = None) -> CheckResult:
     return CheckResult(name, severity, not failed, bad if failed else ok, value, threshold, mask)
+
+
+def _random_rows(df: pl.DataFrame, n: int, seed: int | None) -> pl.DataFrame:
+    """``n`` rows of ``df`` drawn at random without replacement (all of them if it has no more), in their order."""
+    if df.height <= n:
+        return df
+    keep = np.zeros(df.height, dtype=bool)
+    keep[np.random.default_rng(seed).choice(df.height, n, replace=False)] = True
+    return df.filter(pl.Series(keep))  # a filter, not a gather: cheaper on a frame of many chunks
+
+
+def statistics_rows(df: pl.DataFrame, ctx: CheckContext) -> pl.DataFrame:
+    """The rows the statistical checks judge: all of a batch up to ``STATISTICS_ROWS``, else a random sample."""
+    return _random_rows(df, STATISTICS_ROWS, ctx.sample_seed)
+
+
+def _text(df: pl.DataFrame, name: str) -> pl.Expr:
+    """Column ``name`` as text, without a cast when it is text already."""
+    return pl.col(name) if df.schema[name] == pl.String else pl.col(name).cast(pl.String)
 
 
 def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -175,7 +205,7 @@ def check_feature_shift(df: pl.DataFrame, ctx: CheckContext) -> list[CheckResult
     for name, ref_shares in ref["categorical"].items():
         if name not in df.columns:
             continue
-        counts = df[name].cast(pl.String).fill_null("<null>").value_counts()
+        counts = df.select(_text(df, name).fill_null("<null>"))[name].value_counts()
         batch = {str(r[name]): r["count"] / df.height for r in counts.to_dicts()}
         cats = sorted(set(ref_shares) | set(batch))
         psi = _psi(np.array([ref_shares.get(c, 0.0) for c in cats]), np.array([batch.get(c, 0.0) for c in cats]))
@@ -233,55 +263,42 @@ def check_label_consistency(df: pl.DataFrame, ctx: CheckContext) -> list[CheckRe
 
 
 def _near_duplicate_parts(df: pl.DataFrame, spec: Spec) -> list[pl.Expr]:
-    """The parts of the near-duplicate key: each feature (numbers rounded) and the target."""
+    """The parts of the near-duplicate key: each feature (numbers rounded) and the target.
+
+    A null stays a null, which is a value like any other: two rows are near-duplicates only
+    if every part is equal, a null matching only a null.
+    """
     parts = []
     for i, (name, feat) in enumerate(spec.features.items()):
         if name not in df.columns:
             continue
         if feat.type == "numeric":
-            # two significant digits: rows that differ only by noise collide
-            x = pl.col(name).cast(pl.Float64)
-            mag = pl.when(x.abs() > 0).then(x.abs().log10().floor()).otherwise(0.0)
-            scale = pl.lit(10.0).pow(mag - 1)
-            parts.append(((x / scale).round(0) * scale).alias(f"p{i}"))
+            # two significant digits: rows that differ only by noise collide. One kernel, which
+            # keeps 0, infinities and nulls as they are (dividing by a power of ten made the
+            # infinities NaN, so +inf matched -inf)
+            parts.append(pl.col(name).cast(pl.Float64).round_sig_figs(2).alias(f"p{i}"))
         else:
-            parts.append(pl.col(name).cast(pl.String).alias(f"p{i}"))
-    parts.append(pl.col(spec.target).cast(pl.String).alias("target"))
+            parts.append(_text(df, name).alias(f"p{i}"))
+    parts.append(_text(df, spec.target).alias("target"))
     return parts
 
 
-def _near_duplicate_key(df: pl.DataFrame, spec: Spec) -> pl.Expr:
-    parts = [p.cast(pl.String) for p in _near_duplicate_parts(df, spec)]
-    return pl.concat_str(parts, separator="\x1f", ignore_nulls=False).fill_null("<null>")
-
-
 def _duplicate_share(df: pl.DataFrame, spec: Spec) -> float:
+    """The share of rows that repeat an earlier row's near-duplicate key (rounded numbers, nulls as values)."""
     if df.height == 0:
         return 0.0
-    # The distinct keys are the distinct rows of the key's parts, plus one for every row with a
-    # missing part (they all get the key "<null>"), unless a text part holds the separator (or
-    # a lone part is the text "<null>"). Counting on the parts spares printing every number.
-    parts = df.lazy().select(_near_duplicate_parts(df, spec)).collect()
-    text = [c for c, t in parts.schema.items() if t == pl.String]
-    if parts.width < 2 or (text and parts.select(pl.any_horizontal(
-            [pl.col(c).str.contains("\x1f", literal=True).any() for c in text])).item()):
-        key = df.select(_near_duplicate_key(df, spec).alias("k"))["k"]
-        return float(1 - key.n_unique() / df.height)
-    complete = parts.drop_nulls()
-    # float-to-text round-trips, so two numbers print alike exactly when their bits are equal
-    # (any NaN prints "NaN"); Polars' own equality would merge 0.0 and -0.0, which print apart
-    bits = [pl.Series(c, np.where(np.isnan(a := complete[c].to_numpy()), np.nan, a).view(np.int64))
-            if t == pl.Float64 else complete[c] for c, t in complete.schema.items()]
-    distinct = pl.DataFrame(bits).n_unique() + (complete.height < parts.height)
+    # distinct rows of the key's parts, in one pass: Polars compares nulls as equal to each
+    # other only, NaN as equal to NaN, and 0.0 as equal to -0.0
+    distinct = df.lazy().select(_near_duplicate_parts(df, spec)).collect().n_unique()
     return float(1 - distinct / df.height)
 
 
 def check_duplicates(df: pl.DataFrame, ctx: CheckContext) -> list[CheckResult]:
     # repeats grow with the number of rows: compare the batch and the reference at one size
-    sample = ctx.reference.sample
-    n = min(df.height, sample.height)
-    base = _duplicate_share(sample.tail(n), ctx.spec)
-    share = _duplicate_share(df if df.height == n else df.sample(n=n, seed=1), ctx.spec)
+    ref = ctx.reference
+    n = min(df.height, ref.sample.height)
+    base = ref.own_rate(f"duplicates@{n}", lambda: _duplicate_share(ref.sample.tail(n), ctx.spec))
+    share = _duplicate_share(_random_rows(df, n, ctx.sample_seed), ctx.spec)
     limit = ctx.strict(ctx.policy.duplicate_excess)
     excess = share - base
     return [_result("duplicates", ctx.severity(ctx.policy.duplicate_severity), excess > limit,
@@ -298,7 +315,7 @@ def _outlier_mask(df: pl.DataFrame, ref: dict[str, Any]) -> np.ndarray:
             exprs.append(((x < prof["low"]) | (x > prof["high"])).fill_null(False))
     for name, shares in ref["categorical"].items():
         if name in df.columns:
-            exprs.append(~pl.col(name).cast(pl.String).fill_null("<null>").is_in(list(shares)))
+            exprs.append(~_text(df, name).fill_null("<null>").is_in(list(shares)))
     if not exprs or df.height == 0:
         return np.zeros(df.height, dtype=bool)
     return df.select(pl.any_horizontal(exprs)).to_series().to_numpy()
@@ -306,7 +323,8 @@ def _outlier_mask(df: pl.DataFrame, ref: dict[str, Any]) -> np.ndarray:
 
 def check_outliers(df: pl.DataFrame, ctx: CheckContext) -> list[CheckResult]:
     ref = ctx.reference
-    base = float(_outlier_mask(ref.sample, ref.profile).mean()) if ref.sample.height else 0.0
+    base = ref.own_rate("outliers", lambda: float(_outlier_mask(ref.sample, ref.profile).mean())
+                        if ref.sample.height else 0.0)
     share = float(_outlier_mask(df, ref.profile).mean())
     limit = ctx.strict(ctx.policy.outlier_excess)
     excess = share - base
@@ -322,8 +340,19 @@ STATISTICAL_CHECKS = (check_feature_shift, check_label_shift, check_label_consis
 
 
 def run_checks(df: pl.DataFrame, ctx: CheckContext) -> list[CheckResult]:
-    """Every batch-level check that applies to ``df`` (schema-valid rows)."""
+    """Every batch-level check that applies to ``df`` (schema-valid rows).
+
+    The statistical checks judge :func:`statistics_rows` of the batch: a random sample of a
+    batch over ``STATISTICS_ROWS`` rows, whose seed the results' messages name.
+    """
     results = [r for check in BASIC_CHECKS for r in check(df, ctx)]
     if ctx.statistics_apply and df.height >= ctx.policy.min_batch_for_statistics:
-        results += [r for check in STATISTICAL_CHECKS for r in check(df, ctx)]
+        if ctx.sample_seed is None:
+            ctx = replace(ctx, sample_seed=secrets.randbits(63))
+        rows = statistics_rows(df, ctx)
+        stats = [r for check in STATISTICAL_CHECKS for r in check(rows, ctx)]
+        if rows.height < df.height:
+            note = f" (judged on a random {rows.height:,} of the batch's {df.height:,} rows, seed {ctx.sample_seed})"
+            stats = [replace(r, message=r.message + note) for r in stats]
+        results += stats
     return results

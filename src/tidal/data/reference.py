@@ -4,12 +4,14 @@ Built from the ``events`` table (only accepted or released rows ever reach it) a
 version and cached in the workspace: a JSON profile (quantiles, bins, category shares,
 label mix, range bounds) and a Parquet sample of up to ``SAMPLE_ROWS`` rows used to
 measure the reference's own duplicate and outlier rates at a batch's size (the newest rows).
+Those rates are computed once per loaded reference (``Reference.own_rate``), not per batch check.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,17 @@ class Reference:
     version: int
     profile: dict[str, Any]
     sample: pl.DataFrame
+    _rates: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def rows(self) -> int:
         return int(self.profile["rows"])
+
+    def own_rate(self, key: str, compute: Callable[[], float]) -> float:
+        """A rate of the reference's own rows (``key`` names it, e.g. ``duplicates@20000``), computed once."""
+        if key not in self._rates:
+            self._rates[key] = compute()
+        return self._rates[key]
 
 
 def _profile(df: pl.DataFrame, spec: Spec) -> dict[str, Any]:
