@@ -162,9 +162,13 @@ def _ingest_sources(project: Any, *, follow: bool, max_batches: Optional[int], n
         typer.echo("no sources to read (http sources receive batches on the server's POST /v1/ingest)", err=True)
         return
     total = {"batches": 0, "accepted": 0, "quarantined": 0, "stop": False}
+    # a shared (Redis) store of history features is kept in step batch by batch; a memory one lives in the server
+    store = project.open_online_store() if project.spec.history and project.spec.online_store.kind == "redis" else None
 
     def on_batch(src: Any, r: Any) -> None:
         total["batches"] += 1
+        if store is not None:
+            project.update_history([r], store=store)
         if not r.already_ingested:
             total["accepted"] += r.rows_accepted
             total["quarantined"] += r.rows_quarantined
@@ -198,6 +202,8 @@ def _ingest_sources(project: Any, *, follow: bool, max_batches: Optional[int], n
             signal.signal(sig, handler)
         for s in opened:
             s.close()
+        if store is not None:
+            store.close()
     if not as_json:
         typer.echo(f"{'stopped' if total['stop'] else 'done'}: {total['batches']} batches, "
                    f"{total['accepted']} rows accepted, {total['quarantined']} quarantined", err=True)
@@ -388,24 +394,89 @@ def report(version: str = typer.Argument("latest", help="Version number, 'latest
     typer.echo(f"report: {r['html']}")
 
 
-@app.command()
-def models(spec: str = SpecOption, as_json: bool = JsonOption) -> None:
-    """List model versions and their stages."""
+models_app = typer.Typer(invoke_without_command=True,
+                         help="Model versions: list them (the default) or show one's lineage.")
+app.add_typer(models_app, name="models")
+ModelsSpecOption = typer.Option(None, "--spec", "-s", help="Path of the spec file (default: the one given to `models`).")
+
+
+@models_app.callback()
+def models_default(ctx: typer.Context, spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+    """Model versions: `tidal models` lists them, like `tidal models list`."""
+    ctx.obj = spec
+    if ctx.invoked_subcommand is None:
+        _models_list(spec, as_json)
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, spec: Optional[str] = ModelsSpecOption, as_json: bool = JsonOption) -> None:
+    """List model versions, their stages and approval status."""
+    _models_list(spec or ctx.obj, as_json)
+
+
+def _models_list(spec: str, as_json: bool) -> None:
     with _project(spec) as project:
         rows = project.models()
+        approvals = {r["version"]: project.registry.approval(r["version"])["status"] for r in rows}
     if as_json:
         _out(rows)
         return
     for r in rows:
         r["cost_per_row"] = r["metrics"].get("cost_per_row")
         r["auc"] = r["metrics"].get("auc")
-    _table(rows, ["version", "stage", "run_id", "auc", "cost_per_row", "created_at"], "model versions")
+        r["approval"] = approvals[r["version"]].replace("_", " ")
+    _table(rows, ["version", "stage", "approval", "run_id", "auc", "cost_per_row", "created_at"], "model versions")
+
+
+@models_app.command("show")
+def models_show(ctx: typer.Context,
+                version: str = typer.Argument(..., help="Version number, 'latest' or 'production'."),
+                spec: Optional[str] = ModelsSpecOption, as_json: bool = JsonOption) -> None:
+    """One version's lineage, approval status and history.
+
+    Lineage: its run, data versions, spec hash, code version, training rows, the champion it was
+    compared with, metrics and bundle manifest hash; history: every stage change and approval
+    decision with who, why and when.
+    """
+    with _project(spec or ctx.obj) as project:
+        lin = project.model_lineage(version)
+    if as_json:
+        _out(lin)
+        return
+    from tidal.training.runs import flatten
+
+    run = lin["run"] or {}
+    typer.echo(f"model version {lin['version']} ({lin['stage']}), registered {_fmt(lin['created_at'])}")
+    duration = "-" if run.get("duration_s") is None else f"{run['duration_s']:.2f} s"
+    typer.echo(f"  run {lin['run_id']} ({run.get('kind', 'record missing')}, {run.get('status', '-')}), "
+               f"duration {duration}")
+    typer.echo(f"  spec sha256 {lin['spec_sha256'] or '-'}")
+    typer.echo(f"  code version {lin['code_version'] or '-'}")
+    typer.echo(f"  bundle manifest sha256 {lin['bundle']['manifest_sha256']} ({lin['bundle']['path']})")
+    typer.echo("  data versions: " + (", ".join(f"{k} {_fmt(v)}" for k, v in flatten(lin["data_versions"] or {}).items())
+                                      or "-"))
+    typer.echo("  training rows: " + (", ".join(f"{k} {v}" for k, v in (lin["training_rows"] or {}).items()) or "-"))
+    champ = lin["champion"]
+    typer.echo("  compared with: " + ("-" if champ is None else
+                                      f"version {_fmt(champ['version']) or '-'} ({champ['compared_by']})"
+                                      + (f": {champ['outcome']}" if champ.get("outcome") else "")))
+    a = lin["approval"]
+    needed = f" (needed for {', '.join(a['required_for'])})" if a["required_for"] else ""
+    decided = f" by {a['by']} at {_fmt(a['at'])}: {a['reason']}" if a["by"] else ""
+    typer.echo(f"  approval: {a['status'].replace('_', ' ')}{decided}{needed}")
+    typer.echo("metrics:")
+    for key, value in flatten(lin["metrics"] or {}).items():
+        typer.echo(f"  {key:<40} {_fmt(value)}")
+    typer.echo("history:")
+    for e in lin["history"]:
+        what = f"{e['from_stage'] or '-'} -> {e['to_stage']}" if e["event"] == "stage" else e["event"]
+        typer.echo(f"  {_fmt(e['at'])}  {what:<26} by {e['actor']}: {e['reason']}")
 
 
 @app.command()
 def promote(version: str = typer.Argument(..., help="Version number or 'latest'."),
             reason: str = typer.Option("promoted by hand", help="Why, for the audit trail."),
-            force: bool = typer.Option(False, "--force", help="Skip the spec's guardrails (recorded)."),
+            force: bool = typer.Option(False, "--force", help="Skip the spec's guardrails (recorded); never skips a required approval."),
             to: str = typer.Option("production", "--to",
                                    help="production, canary (answers serving.canary_share of traffic) or shadow "
                                         "(scores a copy of the traffic, answers nobody)."),
@@ -424,6 +495,31 @@ def withdraw(stage: str = typer.Argument(..., help="canary or shadow."),
     with _project(spec) as project:
         row = project.registry.withdraw(stage, reason=reason)
     typer.echo(f"model version {row['version']} withdrawn from {stage}" if row else f"there is no {stage}")
+
+
+@app.command()
+def approve(version: str = typer.Argument(..., help="Version number or 'latest'."),
+            reason: str = typer.Option(..., "--reason", help="Why, for the audit trail."),
+            by: Optional[str] = typer.Option(None, "--by", help="Who approves (default: the operating-system user)."),
+            spec: str = SpecOption) -> None:
+    """Approve a version for the stages the spec's registry.approval_required_for gates."""
+    with _project(spec) as project:
+        status = project.approve(version, reason=reason, actor=by)
+    where = (f"it may now be promoted to {' or '.join(status['required_for'])}" if status["required_for"]
+             else "the spec requires no approval, so this is a record only")
+    typer.echo(f"model version {status['version']} approved by {status['by']}; {where}")
+
+
+@app.command()
+def reject(version: str = typer.Argument(..., help="Version number or 'latest'."),
+           reason: str = typer.Option(..., "--reason", help="Why, for the audit trail."),
+           by: Optional[str] = typer.Option(None, "--by", help="Who rejects (default: the operating-system user)."),
+           spec: str = SpecOption) -> None:
+    """Reject a version: it may not go to canary or production until it is approved again."""
+    with _project(spec) as project:
+        status = project.reject(version, reason=reason, actor=by)
+    typer.echo(f"model version {status['version']} rejected by {status['by']}; it cannot be promoted to canary or "
+               "production")
 
 
 contract_app = typer.Typer(no_args_is_help=True, help="The API contract old clients rely on.")
@@ -551,6 +647,22 @@ def runs_compare(ctx: typer.Context, run_a: str = typer.Argument(..., help="Firs
         for r in rows:
             r.update({run_a: r["a"], run_b: r["b"], "difference": r.get("difference", "differs" if r["differs"] else "")})
         _table(rows, ["key", run_a, run_b, "difference"], section.replace("_", " "))
+
+
+@app.command()
+def materialize(spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+    """Fill the online store (Redis) with each entity's history features as of its newest event in the lake.
+
+    Harmless to repeat. A server fills its own store at start-up and after every ingest.
+    """
+    with _project(spec) as project:
+        written = project.materialize()
+        target = project.spec.online_store
+    if as_json:
+        _out({"entities_written": written})
+        return
+    typer.echo(f"online store ({target.kind}, namespace {target.namespace or project.spec.name}): "
+               f"{written} entities written")
 
 
 @app.command()

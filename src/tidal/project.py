@@ -61,26 +61,31 @@ class Project:
         except ModelNotFound:
             return None
         model = guard_model(bundle)
-        if model is None or not self.spec.lookups:
+        if model is None or not (self.spec.lookups or self.spec.history):
             return model
         return self._with_lookups(model)
 
     def _with_lookups(self, model: Any) -> Any:
-        """The guard's scorer given each batch's lookup features, joined point-in-time as in training."""
+        """The guard's scorer given each batch's lookup and history features, joined point-in-time as in
+        training (history: each entity's events already in the lake before the row)."""
         from dataclasses import replace
 
         import polars as pl
 
         from tidal.errors import StateError
+        from tidal.features.history import join_history, read_events
         from tidal.features.lookups import join_lookups
 
         score, spec, lake = model.score, self.spec, self.ws.lake
 
         def joined(frame: Any) -> Any:
+            table = frame.to_arrow()
+            if spec.history:
+                table = join_history(table, spec, read_events(lake, spec))
             try:
-                return score(pl.from_arrow(join_lookups(frame.to_arrow(), spec, lake)))
+                return score(pl.from_arrow(join_lookups(table, spec, lake)))
             except StateError:  # a lookup without data: score without it rather than fail the batch
-                return score(frame)
+                return score(pl.from_arrow(table))
 
         return replace(model, score=joined)
 
@@ -91,9 +96,60 @@ class Project:
 
         model = self.guard_model()
         if path is not None:
-            return [ingest_file(self.ws, self.spec, self.resolve_path(path), trust=trust or "high", model=model)]
-        base = self.spec_path.parent if self.spec_path else Path.cwd()
-        return ingest_once(self.ws, self.spec, open_sources(self.spec, base), model=model)
+            reports = [ingest_file(self.ws, self.spec, self.resolve_path(path), trust=trust or "high", model=model)]
+        else:
+            base = self.spec_path.parent if self.spec_path else Path.cwd()
+            reports = ingest_once(self.ws, self.spec, open_sources(self.spec, base), model=model)
+        if self.spec.history and self.spec.online_store.kind == "redis":  # a shared store: keep it in step now
+            self.update_history(reports)
+        return reports
+
+    def open_online_store(self) -> Any:
+        """The spec's online store of history features (the caller closes it)."""
+        from tidal.features.store import open_store
+
+        return open_store(self.spec.online_store, feature_names=list(self.spec.history), use_case=self.spec.name)
+
+    def update_history(self, reports: list[Any], *, store: Any = None) -> int:
+        """Recompute from the lake the online store rows of the entities these ingest reports' batches
+        touched (out-of-order events included); return the rows written. ``store`` defaults to the spec's."""
+        from tidal.features.online_history import batch_entities, materialize
+
+        ids = [r.batch_id for r in reports if r.rows_accepted and not r.already_ingested and r.lookup is None]
+        entities = batch_entities(self.ws.lake, self.spec, ids) if self.spec.history else []
+        if not entities:
+            return 0
+        target = store if store is not None else self.open_online_store()
+        try:
+            return materialize(target, self.ws.lake, self.spec, entities=entities)
+        finally:
+            if store is None:
+                target.close()
+
+    def materialize(self, *, store: Any = None) -> int:
+        """Fill the online store with each entity's history features as of its newest event in the lake
+        (like Feast's ``materialize``); return the entities written. Running it again is harmless: the
+        store keeps the newest event time and an equal one replaces (a recomputation).
+
+        ``store`` defaults to the spec's ``online_store``; the in-process store lives inside the server,
+        which fills it at start-up, so only a Redis store can be filled from here.
+        """
+        from tidal.errors import SpecError, StateError
+        from tidal.features.online_history import materialize
+
+        if not self.spec.history:
+            raise SpecError("the spec has no history features, so there is nothing to materialize",
+                            fix="declare them under history (e.g. txn_7d: {agg: count, window: 7d})")
+        if store is None and self.spec.online_store.kind != "redis":
+            raise StateError("the online store is in process (online_store.kind: memory): the server fills it "
+                             "from the lake at start-up, and no other process can reach it",
+                             fix="set online_store: {kind: redis} to share one store between processes")
+        target = store if store is not None else self.open_online_store()
+        try:
+            return materialize(target, self.ws.lake, self.spec)
+        finally:
+            if store is None:
+                target.close()
 
     def ingest_lookup(self, name: str, path: str | Path | None = None) -> list[Any]:
         """Ingest one file of lookup ``name``, or read its spec source once when no path is given."""
@@ -155,7 +211,7 @@ class Project:
     def registry(self) -> Any:
         from tidal.registry.registry import Registry
 
-        return Registry(self.ws)
+        return Registry(self.ws, approval_required_for=self.spec.registry.approval_required_for)
 
     def promote(self, version: int | str = "latest", *, actor: str | None = None, reason: str = "promoted",
                 force: bool = False, stage: str = "production") -> dict[str, Any]:
@@ -163,12 +219,14 @@ class Project:
 
         The gate checks the spec's guardrails (size, latency, metric floor), its fairness limits,
         and that the version's held-out cost per row is no worse than the production model's on
-        the same rows; a refusal lists every failed check by name.
+        the same rows; a refusal lists every failed check by name. A stage listed in the spec's
+        ``registry.approval_required_for`` also needs the version approved; ``force`` does not skip that.
         """
         from tidal.errors import Problem, StateError
         from tidal.updating.guardrails import promotion_gate
 
         row = self.registry.resolve(version)
+        self.registry.check_approval(row["version"], stage)  # before the gate's work; --force never skips it
         if not force and stage != "shadow":  # a shadow answers nobody: nothing to gate
             failures = promotion_gate(self.ws, self.spec, row["version"])
             if failures:
@@ -187,6 +245,19 @@ class Project:
 
     def models(self) -> list[dict[str, Any]]:
         return self.registry.list()
+
+    def approve(self, version: int | str, *, reason: str, actor: str | None = None) -> dict[str, Any]:
+        """Sign a version off for the stages the spec's ``registry.approval_required_for`` gates (audited)."""
+        return self.registry.approve(version, reason=reason, actor=actor)
+
+    def reject(self, version: int | str, *, reason: str, actor: str | None = None) -> dict[str, Any]:
+        """Refuse a version: it may not go to canary or production until approved again (audited)."""
+        return self.registry.reject(version, reason=reason, actor=actor)
+
+    def model_lineage(self, version: int | str = "latest") -> dict[str, Any]:
+        """A version's lineage: run, data versions, spec hash, code version, training rows, the champion it was
+        compared with, metrics, bundle manifest hash, approval status and its audit trail."""
+        return self.registry.lineage(version)
 
     # serving, monitoring, updating -----------------------------------------------------
     def app(self) -> Any:

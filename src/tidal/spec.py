@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
+from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError,
-                      model_validator)
+                      field_validator, model_validator)
 
 from tidal.errors import Problem, SpecError
 
@@ -195,6 +197,56 @@ class Lookup(_Model):
                                                                 "as missing; none means any older reading is used.")
 
 
+_WINDOW_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_WINDOW = re.compile(r"^([1-9][0-9]*)([smhdw])$")
+
+
+def parse_window(text: str) -> timedelta:
+    """A window such as ``"30m"``, ``"24h"`` or ``"7d"`` as a timedelta (units s, m, h, d, w)."""
+    match = _WINDOW.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError("window must be a positive whole number and a unit (s, m, h, d or w), such as 30m, 24h "
+                         "or 7d")
+    return timedelta(**{_WINDOW_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class HistoryFeature(_Model):
+    """An aggregate of the entity's earlier events over a time window (e.g. a card's spend over 7 days).
+
+    A row at time t gets the aggregate over the entity's events in (p - window, p], where p
+    is the time of the entity's newest event strictly before t (Feast's point-in-time join):
+    never the row itself, nor anything at or after its time. An entity with no earlier event
+    gets count 0 and a missing sum, mean, min and max. Computed by the server from the lake
+    and the online store, so requests never carry it.
+    """
+
+    agg: Literal["count", "sum", "mean", "min", "max"] = Field(
+        description="count (events in the window), or sum, mean, min or max of column over them (missing values "
+                    "skipped; missing when the window holds no value).")
+    column: str | None = Field(None, description="The numeric feature aggregated (not for count).")
+    window: str = Field(description="How far back from the entity's newest earlier event: a whole number and a "
+                                    "unit, s, m, h, d or w (e.g. 30m, 24h, 7d).")
+    description: str = Field("", description="What the feature means, for people and model cards.")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        parse_window(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "HistoryFeature":
+        if self.agg == "count" and self.column is not None:
+            raise ValueError("count counts events and takes no column; remove column")
+        if self.agg != "count" and self.column is None:
+            raise ValueError(f"{self.agg} needs the numeric column to aggregate; add column")
+        return self
+
+    @property
+    def period(self) -> timedelta:
+        return parse_window(self.window)
+
+
 Severity = Literal["warn", "quarantine", "reject"]
 
 
@@ -298,6 +350,16 @@ class Serving(_Model):
     auto_rollback: bool = Field(True, description="Roll back a canary or a newly promoted version whose live error rate or p99 latency breaks the guardrails.")
 
 
+class RegistryPolicy(_Model):
+    """What the model registry demands before a version may answer traffic."""
+
+    approval_required_for: list[Literal["canary", "production"]] = Field(
+        default_factory=list,
+        description="Stages a model version may enter only after a person approves it (`tidal approve VERSION "
+                    "--reason WHY`); --force skips the guardrails, never this. Automatic retraining leaves a "
+                    "winning challenger awaiting approval and raises an alert. Empty: no approval needed.")
+
+
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -318,6 +380,108 @@ class OnlineStore(_Model):
         if self.kind == "memory" and (self.url is not None or self.namespace is not None):
             raise ValueError("url and namespace apply only to kind redis; set kind: redis or remove them")
         return self
+
+
+class _DerivedBase(_Model):
+    description: str = Field("", description="What the derived feature means, for people and model cards.")
+
+
+class LogFeature(_DerivedBase):
+    """log(1 + x) of a numeric feature; a value at or below -1 (or missing) gives a missing value."""
+
+    kind: Literal["log"] = Field(description="log1p of a numeric feature.")
+    column: str = Field(description="The numeric feature to take the log of.")
+
+
+class ClipFeature(_DerivedBase):
+    """A numeric feature limited to [min, max]; a missing value stays missing."""
+
+    kind: Literal["clip"] = Field(description="A numeric feature clipped to [min, max].")
+    column: str = Field(description="The numeric feature to clip.")
+    min: float | None = Field(None, description="Values below this become it (none: no lower limit).")
+    max: float | None = Field(None, description="Values above this become it (none: no upper limit).")
+
+    @model_validator(mode="after")
+    def _limits(self) -> "ClipFeature":
+        if self.min is None and self.max is None:
+            raise ValueError("clip needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class BucketizeFeature(_DerivedBase):
+    """The index of the bucket a numeric value falls in, as a number (0 below the first bound)."""
+
+    kind: Literal["bucketize"] = Field(description="A numeric feature as its bucket index.")
+    column: str = Field(description="The numeric feature to bucket.")
+    bounds: list[float] = Field(min_length=1, description="Bucket bounds, strictly increasing; a value equal to a "
+                                                          "bound goes to the bucket above it (bucket i holds "
+                                                          "bounds[i-1] <= x < bounds[i]). Missing stays missing.")
+
+    @model_validator(mode="after")
+    def _sorted(self) -> "BucketizeFeature":
+        if any(b <= a for a, b in zip(self.bounds, self.bounds[1:])):
+            raise ValueError(f"bounds must be strictly increasing, got {self.bounds}")
+        return self
+
+
+class RatioFeature(_DerivedBase):
+    """numerator / denominator of two numeric features; missing when either is missing, the denominator is 0
+    or the quotient overflows."""
+
+    kind: Literal["ratio"] = Field(description="The ratio of two numeric features.")
+    numerator: str = Field(description="The numeric feature divided.")
+    denominator: str = Field(description="The numeric feature dividing it.")
+
+
+class TargetEncodingFeature(_DerivedBase):
+    """A categorical feature as its smoothed target mean (binary: positive rate), fitted on the training rows.
+
+    Training rows get out-of-fold values (each fold encoded by the other folds); every row
+    scored later (validation, test, batch, online) gets the encoding fitted on all training rows.
+    """
+
+    kind: Literal["target_encoding"] = Field(description="A categorical feature as its smoothed target mean.")
+    column: str = Field(description="The categorical feature to encode.")
+    folds: int = Field(5, ge=2, le=50, description="Folds of the out-of-fold encoding of the training rows.")
+    smoothing: float = Field(20.0, ge=0, description="Weight of the prior (the overall target mean) in rows: a "
+                                                     "category's value is (sum + smoothing * prior) / (count + "
+                                                     "smoothing). Unseen categories get the prior.")
+
+
+class PythonFeature(_DerivedBase):
+    """A Python function registered with ``@tidal.features.register_transform(NAME)``.
+
+    It receives one NumPy array per input (numbers as float64 with NaN for missing,
+    categories as text with None) and the params as keyword arguments, and returns one float
+    per row (an infinite one counts as missing). The bundle stores the function's name and
+    the sha256 of its source; a process whose function is missing or different refuses to
+    load the model.
+    """
+
+    kind: Literal["python"] = Field(description="A registered Python function.")
+    function: str = Field(description="The name the function is registered under.")
+    inputs: list[str] = Field(min_length=1, description="Numeric, boolean or categorical features passed to it, "
+                                                        "in order.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to it (JSON values).")
+
+
+def _derived_kind(value: Any) -> str | None:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return f"kind={kind}" if kind in DERIVED_KINDS else None
+
+
+DERIVED_KINDS = ("log", "clip", "bucketize", "ratio", "target_encoding", "python")
+
+DerivedFeature = Annotated[
+    Annotated[LogFeature, Tag("kind=log")] | Annotated[ClipFeature, Tag("kind=clip")]
+    | Annotated[BucketizeFeature, Tag("kind=bucketize")] | Annotated[RatioFeature, Tag("kind=ratio")]
+    | Annotated[TargetEncodingFeature, Tag("kind=target_encoding")] | Annotated[PythonFeature, Tag("kind=python")],
+    Discriminator(_derived_kind, custom_error_type="derived_kind",
+                  custom_error_message=f"kind must be one of: {', '.join(DERIVED_KINDS)}")]
+
+PluginName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 
 
 class Workspace(_Model):
@@ -347,11 +511,26 @@ class Spec(_Model):
         default_factory=dict, description="Second sources joined point-in-time on keys and event_time, by name "
                                           "(letters, digits and _); their features are model inputs that requests "
                                           "do not carry.")
+    history: dict[LookupName, HistoryFeature] = Field(
+        default_factory=dict, description="Aggregates of each entity's earlier events over time windows (count, sum, "
+                                          "mean, min, max), by name (letters, digits and _); needs entity_key and "
+                                          "event_time. Model inputs that the server computes (online store) and "
+                                          "requests do not carry.")
+    derived: dict[LookupName, DerivedFeature] = Field(
+        default_factory=dict, description="Features computed from the declared ones by the fitted pipeline, by name "
+                                          "(letters, digits and _): log, clip, bucketize, ratio, target_encoding or "
+                                          "a registered python function. Model inputs after the declared features; "
+                                          "requests never carry them.")
+    plugins: list[PluginName] = Field(
+        default_factory=list, description="Python modules imported where the pipeline is built or loaded, so that "
+                                          "their @register_transform functions are registered (e.g. my_pkg.features).")
     validation: Validation = Field(default_factory=Validation, description="Batch checks, the poisoning guard and their severities.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Drift and performance alerting.")
     retraining: Retraining = Field(default_factory=Retraining, description="When to retrain and promote.")
     training: Training = Field(default_factory=Training, description="How models are fitted.")
     serving: Serving = Field(default_factory=Serving, description="The HTTP server.")
+    registry: RegistryPolicy = Field(default_factory=RegistryPolicy, description="Approval before a model "
+                                                                                 "version may serve.")
     online_store: OnlineStore = Field(default_factory=OnlineStore, description="Where serving reads history features: "
                                                                                "in process (memory) or a shared Redis.")
     workspace: Workspace = Field(default_factory=Workspace, description="Where tidal keeps its state.")
@@ -370,10 +549,12 @@ class Spec(_Model):
 
     @property
     def model_features(self) -> dict[str, Feature]:
-        """Every model input: the main features, then each lookup's features."""
+        """Every model input: the main features, then each lookup's features, then the history features."""
         out = dict(self.features)
         for lookup in self.lookups.values():
             out.update(lookup.features)
+        for name, h in self.history.items():
+            out[name] = Feature(type="numeric", description=h.description or _history_text(h))
         return out
 
     @property
@@ -410,7 +591,40 @@ def _semantic_problems(spec: Spec) -> list[Problem]:
     if not spec.features:
         problems.append(Problem("features", "no features are declared", "declare at least one input column"))
     problems += _lookup_problems(spec)
+    problems += _history_problems(spec)
     problems += _fairness_problems(spec)
+    problems += _derived_problems(spec)
+    return problems
+
+
+def _derived_problems(spec: Spec) -> list[Problem]:
+    """Derived features take declared features of the right type and have names of their own."""
+    problems: list[Problem] = []
+    features = spec.model_features
+    taken = {spec.target: "the target", spec.event_time: "the event time", spec.entity_key: "the entity key",
+             **{k: "a lookup key" for k in spec.lookup_keys}, **{n: "a declared feature" for n in features}}
+    allowed = {"log": ("numeric",), "clip": ("numeric",), "bucketize": ("numeric",), "ratio": ("numeric",),
+               "target_encoding": ("categorical",), "python": ("numeric", "boolean", "categorical")}
+    for name, d in spec.derived.items():
+        where = f"derived.{name}"
+        if name in taken:
+            problems.append(Problem(where, f"'{name}' is already {taken[name]}",
+                                    "give the derived feature another name"))
+        fields = {"ratio": ["numerator", "denominator"], "python": []}.get(d.kind, ["column"])
+        inputs = [(f"{where}.{f}", getattr(d, f)) for f in fields]
+        if d.kind == "python":
+            inputs = [(f"{where}.inputs.{i}", col) for i, col in enumerate(d.inputs)]
+        kinds = allowed[d.kind]
+        for path, col in inputs:
+            if col not in features:
+                other = " (derived features cannot take other derived features)" if col in spec.derived else ""
+                problems.append(Problem(path, f"'{col}' is not a declared feature{other}",
+                                        f"use one of the {' or '.join(kinds)} features: "
+                                        + ", ".join(n for n, f in features.items() if f.type in kinds)))
+            elif features[col].type not in kinds:
+                problems.append(Problem(path, f"'{col}' is a {features[col].type} feature; {d.kind} takes "
+                                        f"{' or '.join(kinds)} ones", f"use one of: "
+                                        + ", ".join(n for n, f in features.items() if f.type in kinds)))
     return problems
 
 
@@ -433,6 +647,45 @@ def _fairness_problems(spec: Spec) -> list[Problem]:
     elif limits and not f.sensitive:
         problems.append(Problem("fairness.sensitive", "fairness limits are set but no sensitive attribute is named",
                                 "list the features to compare under fairness.sensitive"))
+    return problems
+
+
+def _history_text(h: HistoryFeature) -> str:
+    what = "events" if h.agg == "count" else f"{h.agg} of {h.column}"
+    return f"{what} of the entity over {h.window} up to its newest earlier event"
+
+
+def _history_problems(spec: Spec) -> list[Problem]:
+    """History features need an entity and a time, aggregate numeric features (never the target), and own names."""
+    problems: list[Problem] = []
+    if not spec.history:
+        return problems
+    for field, example in (("entity_key", "customerID"), ("event_time", "created_at")):
+        if not getattr(spec, field):
+            problems.append(Problem(field, f"history features aggregate each entity's earlier events, but no {field} "
+                                           "is set", f"set {field} to the data's column (e.g. {example})"))
+    taken = {spec.target: "the target", spec.event_time: "the event time", spec.entity_key: "the entity key",
+             **{k: "a lookup key" for k in spec.lookup_keys},
+             **{f: "a lookup feature" for lk in spec.lookups.values() for f in lk.features},
+             **{f: "a declared feature" for f in spec.features}}
+    numeric = ", ".join(n for n, f in spec.features.items() if f.type == "numeric") or "(none declared)"
+    for name, h in spec.history.items():
+        where = f"history.{name}"
+        if name in taken:
+            problems.append(Problem(where, f"'{name}' is already {taken[name]}", "give the history feature another name"))
+        col = h.column
+        if col is None:
+            continue
+        if col == spec.target:
+            problems.append(Problem(f"{where}.column", f"'{col}' is the target: the labels of an entity's recent events "
+                                    "are not known yet when a request is served, so the model would train on what "
+                                    "serving cannot see", f"aggregate a numeric feature instead: {numeric}"))
+        elif col not in spec.features:
+            problems.append(Problem(f"{where}.column", f"'{col}' is not a declared feature of the events (lookup "
+                                    "features are not aggregated)", f"use one of the numeric features: {numeric}"))
+        elif spec.features[col].type != "numeric":
+            problems.append(Problem(f"{where}.column", f"'{col}' is a {spec.features[col].type} feature; {h.agg} "
+                                    "needs a numeric one", f"use one of: {numeric}, or agg: count"))
     return problems
 
 
@@ -476,7 +729,8 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in _UNION_TAGS)
 
 
-_UNION_TAGS = {"BinaryCosts", "RegressionCosts", "MinMetric", "file", "folder", "sql", "http", "redis_stream"}
+_UNION_TAGS = {"BinaryCosts", "RegressionCosts", "MinMetric", "file", "folder", "sql", "http", "redis_stream",
+               *(f"kind={k}" for k in DERIVED_KINDS)}
 
 _FIXES = {
     "extra_forbidden": "remove this key or check its spelling (see `tidal spec schema`)",

@@ -6,6 +6,10 @@ list or array, or the values of a list of request records), so there is one defi
 of every feature and no training/serving skew. NumPy only; no pandas on the hot path.
 Arrow tables (training, batch scoring) take whole-column Arrow kernels that give the same
 numbers (:mod:`tidal.features.columnar`), held to it by parity tests.
+
+The matrix's columns are the model features (the spec's, then each lookup's), then the
+derived features (:mod:`tidal.features.derived`), which every path computes from the same
+arrays: the numeric columns already built and the categorical values' text.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import json
 import math
 import operator
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from tidal.errors import DataValidationError
+from tidal.errors import DataValidationError, StateError
+from tidal.features import derived as D
 from tidal.spec import Spec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: derived features and plugins; format 1 (no derived features) still loads
+READABLE_FORMATS = (1, 2)
 DATETIME_PARTS = ("hour", "dayofweek", "month")
 MAX_CATEGORIES = 1000
 
@@ -68,6 +74,13 @@ def _category_text(value: Any) -> str | None:
     return str(value)
 
 
+def _texts(values: Sequence[Any]) -> np.ndarray:
+    """Category text of each value (None for missing), as the per-value rule spells it."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(map(_category_text, values))
+    return out
+
+
 def record_values(records: Sequence[Mapping[str, Any]], names: list[str]) -> list[Sequence[Any]]:
     """The values of ``names`` in each record (None where one is missing), one sequence a record."""
     if len(names) > 1:
@@ -97,15 +110,20 @@ def _assemble(blocks: list[np.ndarray], n_rows: int) -> np.ndarray:
 class FeaturePipeline:
     """Turns raw columns into the model's float matrix. Fit on training rows, then frozen."""
 
-    def __init__(self, *, features: Mapping[str, str], vocabularies: Mapping[str, list[str]] | None = None) -> None:
-        self.features = dict(features)  # name -> type
+    def __init__(self, *, features: Mapping[str, str], vocabularies: Mapping[str, list[str]] | None = None,
+                 derived: Mapping[str, D.Derived] | None = None, plugins: Sequence[str] = ()) -> None:
+        self.features = dict(features)  # name -> type: the raw input columns
         self.vocabularies = {k: list(v) for k, v in (vocabularies or {}).items()}
+        self.derived = dict(derived or {})  # name -> transform: output columns after the features'
+        self.plugins = list(plugins)  # modules whose import registers the python transforms
         self._codes = {k: {c: i for i, c in enumerate(v)} for k, v in self.vocabularies.items()}
         # the online path's plan: numbers (numeric, boolean) go in one conversion, the rest column by column
         self._numbers = [n for n, k in self.features.items() if k in ("numeric", "boolean")]
         self._others: list[tuple[str, str, int]] = []  # (name, kind, first output column)
         number_columns, j = [], 0
+        self._positions: dict[str, int] = {}  # feature -> its (first) output column
         for name, kind in self.features.items():
+            self._positions[name] = j
             if kind in ("numeric", "boolean"):
                 number_columns.append(j)
             else:
@@ -116,18 +134,43 @@ class FeaturePipeline:
 
     @classmethod
     def from_spec(cls, spec: Spec) -> "FeaturePipeline":
-        """The spec's model inputs: its features, then each lookup's features."""
-        return cls(features={name: f.type for name, f in spec.model_features.items()})
+        """The spec's model inputs (its features, then each lookup's features), then its derived features.
+
+        The spec's ``plugins`` are imported first, so that its python transforms are registered.
+        """
+        D.import_plugins(spec.plugins)
+        return cls(features={name: f.type for name, f in spec.model_features.items()},
+                   derived={name: D.from_definition(name, d, spec.plugins) for name, d in spec.derived.items()},
+                   plugins=spec.plugins)
 
     # fitting ---------------------------------------------------------------------------
-    def fit(self, columns: Mapping[str, Sequence[Any]]) -> "FeaturePipeline":
-        """Learn the category vocabularies (most frequent first) from training columns."""
+    def fit(self, columns: Mapping[str, Sequence[Any]], target: Sequence[float] | None = None) -> "FeaturePipeline":
+        """Learn the category vocabularies (most frequent first) and the target encodings from training columns
+        (only the categorical ones are read); ``target`` (the positive-class indicator, or the value) is needed
+        when there is a target encoding."""
         vocab = {}
         for name, kind in self.features.items():
             if kind == "categorical":
                 counts = Counter(t for t in map(_category_text, columns[name]) if t is not None)
                 vocab[name] = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:MAX_CATEGORIES]
-        return FeaturePipeline(features=self.features, vocabularies=vocab)
+        derived = dict(self.derived)
+        for name, t in self.derived.items():
+            if isinstance(t, D.TargetEncoding):
+                if target is None:
+                    raise StateError(f"derived feature {name!r} is a target encoding: fitting it needs the target",
+                                     fix="pass target= to FeaturePipeline.fit")
+                derived[name] = t.fit(_texts(columns[t.column]), np.asarray(target, dtype=np.float64))
+        return FeaturePipeline(features=self.features, vocabularies=vocab, derived=derived, plugins=self.plugins)
+
+    def out_of_fold(self, columns: Mapping[str, Sequence[Any]], target: Sequence[float], *,
+                    seed: int) -> dict[int, np.ndarray]:
+        """The training rows' out-of-fold target encodings, by output column: the values the training matrix
+        takes instead of :meth:`transform`'s (which encodes every row with the fit on all training rows)."""
+        out = {}
+        for j, (name, t) in enumerate(self.derived.items(), start=self._width):
+            if isinstance(t, D.TargetEncoding):
+                out[j] = t.out_of_fold(_texts(columns[t.column]), np.asarray(target, dtype=np.float64), seed=seed)
+        return out
 
     @property
     def output_names(self) -> list[str]:
@@ -137,7 +180,7 @@ class FeaturePipeline:
                 names += [f"{name}__{part}" for part in DATETIME_PARTS]
             else:
                 names.append(name)
-        return names
+        return names + list(self.derived)
 
     @property
     def categorical_indices(self) -> list[int]:
@@ -159,7 +202,37 @@ class FeaturePipeline:
             if values is None:
                 values = [None] * n_rows
             blocks.append(self._block(name, kind, values, n_rows))
+        if self.derived:
+            index = {name: i for i, name in enumerate(self.features)}
+
+            def texts(name: str) -> np.ndarray:
+                values = columns.get(name)
+                return _texts([None] * n_rows if values is None else values)
+
+            blocks += [c.reshape(-1, 1) for c in self._derived_columns(lambda n: blocks[index[n]][:, 0], texts)]
         return np.hstack(blocks) if blocks else np.empty((n_rows, 0))
+
+    def _derived_columns(self, number: Callable[[str], np.ndarray], texts: Callable[[str], np.ndarray],
+                         codes: Callable[[str, Sequence[str]], np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """The derived features' columns, from the numeric columns already built (``number``) and the
+        categorical values' text (``texts``); ``codes`` (Arrow) may give a target encoding's codes instead."""
+        out, seen = [], {}
+        for t in self.derived.values():
+            if isinstance(t, D.TargetEncoding) and codes is not None:
+                c = codes(t.column, t.categories)
+                if c is not None:
+                    out.append(t.from_codes(c))
+                    continue
+            args = []
+            for col in t.inputs:
+                if self.features[col] == "categorical":
+                    if col not in seen:
+                        seen[col] = texts(col)
+                    args.append(seen[col].copy())
+                else:  # a contiguous copy: a transform may not touch the model's own columns
+                    args.append(np.array(number(col), dtype=np.float64))
+            out.append(t.compute(*args))
+        return out
 
     def _block(self, name: str, kind: str, values: Sequence[Any], n_rows: int) -> np.ndarray:
         """The per-value rules: one raw column -> its block of the matrix (rows x 1, or x 3 for a datetime)."""
@@ -193,13 +266,18 @@ class FeaturePipeline:
             numbers = None
         if numbers is None or numbers.shape != (n_rows, len(names)):  # let transform() name the bad feature
             return self.transform({name: [r.get(name) for r in records] for name in self.features}, n_rows=n_rows)
-        if not self._others:
+        if not self._others and not self.derived:
             return numbers
-        X = np.empty((n_rows, self._width))
+        X = np.empty((n_rows, self._width + len(self.derived)))
         X[:, self._number_columns] = numbers
         for name, kind, j in self._others:
             block = self._block(name, kind, [r.get(name) for r in records], n_rows)
             X[:, j:j + block.shape[1]] = block
+        if self.derived:
+            columns = self._derived_columns(lambda n: X[:, self._positions[n]],
+                                            lambda n: _texts([r.get(n) for r in records]))
+            for j, col in enumerate(columns, start=self._width):
+                X[:, j] = col
         return X
 
     def transform_arrow(self, table: Any) -> np.ndarray:
@@ -230,18 +308,39 @@ class FeaturePipeline:
                 values = col.to_numpy(zero_copy_only=False) if kind in ("numeric", "boolean") else col.to_pylist()
                 block = self._block(name, kind, values, n_rows)
             blocks.append(block)
+        if self.derived:
+            index = {name: i for i, name in enumerate(self.features)}
+            present = set(table.column_names)
+
+            def texts(name: str) -> np.ndarray:
+                return _texts(table.column(name).to_pylist() if name in present else [None] * n_rows)
+
+            def codes(name: str, categories: Sequence[str]) -> np.ndarray | None:
+                return columnar.codes(table.column(name), categories) if name in present else np.full(n_rows, np.nan)
+
+            blocks += [c.reshape(-1, 1) for c in self._derived_columns(lambda n: blocks[index[n]][:, 0], texts, codes)]
         return _assemble(blocks, n_rows)
 
     # storage ---------------------------------------------------------------------------
     def to_json(self) -> str:
-        # features as an ordered list: the column order of the model's matrix
+        # features and derived features as ordered lists: the column order of the model's matrix
         return json.dumps({"format_version": FORMAT_VERSION, "features": [[n, k] for n, k in self.features.items()],
                            "vocabularies": self.vocabularies, "output_names": self.output_names,
-                           "categorical_indices": self.categorical_indices}, indent=1, sort_keys=True)
+                           "categorical_indices": self.categorical_indices,
+                           "derived": [[n, t.state()] for n, t in self.derived.items()], "plugins": self.plugins},
+                          indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "FeaturePipeline":
+        """A stored pipeline. Python transforms are looked up after importing its plugins, and refused
+        (:class:`~tidal.errors.StateError`) when missing or when their source no longer hashes as stored."""
         data = json.loads(text)
-        if data.get("format_version") != FORMAT_VERSION:
-            raise DataValidationError(f"unsupported pipeline format {data.get('format_version')!r}")
-        return cls(features={n: k for n, k in data["features"]}, vocabularies=data["vocabularies"])
+        if data.get("format_version") not in READABLE_FORMATS:
+            raise DataValidationError(f"unsupported pipeline format {data.get('format_version')!r}",
+                                      fix="load it with the tidal version that wrote it")
+        plugins = data.get("plugins", [])
+        states = data.get("derived", [])
+        if any(state["kind"] == "python" for _, state in states):
+            D.import_plugins(plugins)
+        return cls(features={n: k for n, k in data["features"]}, vocabularies=data["vocabularies"],
+                   derived={n: D.from_state(n, state, plugins) for n, state in states}, plugins=plugins)

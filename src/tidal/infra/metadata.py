@@ -1,4 +1,4 @@
-"""The metadata database: batches, runs, model versions, stage history, monitor results, alerts.
+"""The metadata database: batches, runs, model versions, stage history, approvals, monitor results, alerts.
 
 SQLAlchemy Core over a SQLite file in WAL mode by default, or any ``postgresql://`` URL.
 JSON payloads are stored as text so both backends behave the same.
@@ -62,6 +62,17 @@ stage_events = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("from_stage", sa.String(16)),
     sa.Column("to_stage", sa.String(16), nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# a person's sign-off (or refusal) of a model version; the newest decision per version is its status
+approvals = sa.Table(
+    "approvals", meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.Integer, nullable=False, index=True),
+    sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
@@ -233,3 +244,21 @@ class MetadataStore:
 
     def stage_history(self) -> list[dict[str, Any]]:
         return self.select(sa.select(stage_events).order_by(stage_events.c.id))
+
+    # approvals -------------------------------------------------------------------------
+    def record_approval(self, version: int, decision: str, *, actor: str, reason: str) -> dict[str, Any]:
+        """Record an approval or rejection; it settles the open approval alerts of that version (one transaction)."""
+        at = now()
+        with self.engine.begin() as conn:
+            conn.execute(approvals.insert().values(version=version, decision=decision, actor=actor, reason=reason,
+                                                   at=at))
+            conn.execute(alerts.update().where(alerts.c.kind == "approval", alerts.c.model_version == version,
+                                               alerts.c.resolved.is_(False)).values(resolved=True))
+        return self.approvals(version)[-1]
+
+    def approvals(self, version: int | None = None) -> list[dict[str, Any]]:
+        """Approval decisions, oldest first (of one version, or all)."""
+        query = sa.select(approvals).order_by(approvals.c.id)
+        if version is not None:
+            query = query.where(approvals.c.version == version)
+        return self.select(query)

@@ -1,28 +1,35 @@
-"""The model registry: versions, stages (candidate, production, archived) and an audit trail."""
+"""The model registry: versions, stages (candidate, production, archived), approvals, lineage and an audit trail."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from tidal.errors import ModelNotFound, StateError
+from tidal.errors import InvalidArgument, ModelNotFound, StateError
 from tidal.infra.actor import current_actor
 from tidal.infra.metadata import model_versions, now, stage_events
 from tidal.infra.workspace import Workspace
-from tidal.registry import contracts
+from tidal.registry import approval, contracts
 from tidal.registry.bundle import Bundle, load_bundle
+from tidal.registry.lineage import version_lineage
 
 # shadow: scores a copy of the traffic, answers nobody; canary: answers a sticky share of it
 STAGES = ("candidate", "shadow", "canary", "production", "archived")
 
 
 class Registry:
-    """Model versions of one workspace."""
+    """Model versions of one workspace.
 
-    def __init__(self, ws: Workspace) -> None:
+    ``approval_required_for`` (the spec's ``registry.approval_required_for``) lists the stages a
+    version may enter only once a person has approved it.
+    """
+
+    def __init__(self, ws: Workspace, *, approval_required_for: Sequence[str] = ()) -> None:
         self.ws = ws
+        self.approval_required_for = tuple(approval_required_for)
 
     def register(self, *, run_id: str, bundle_path: str, manifest_sha256: str, metrics: dict[str, Any],
                  actor: str | None = None) -> int:
@@ -79,6 +86,7 @@ class Registry:
             raise StateError(f"model version {row['version']} is already in {stage}")
         if row["stage"] == "production":
             raise StateError(f"model version {row['version']} is in production", fix="promote another version instead")
+        self.check_approval(row["version"], stage)
         # verify the bundle, and that it keeps the API's contract, before it can serve
         bundle = load_bundle(row["bundle_path"], expected_manifest_sha256=row["manifest_sha256"])
         contracts.enforce(self.ws, bundle.signature, version=row["version"])
@@ -112,6 +120,12 @@ class Registry:
             raise StateError(f"model version {current['version']} is the only one ever in production",
                              fix="promote another version instead")
         previous = self.resolve(history[-1]["version"])
+        decisions = self.ws.store.approvals(previous["version"])
+        if decisions and decisions[-1]["decision"] == "rejected":  # it served before, but a person has said no since
+            last = decisions[-1]
+            raise approval.ApprovalRequired(
+                f"cannot roll back to model version {previous['version']}: it was rejected by {last['actor']} "
+                f"({last['reason']})", fix="promote an approved version instead", version=previous["version"])
         bundle = load_bundle(previous["bundle_path"], expected_manifest_sha256=previous["manifest_sha256"])
         contracts.enforce(self.ws, bundle.signature, version=previous["version"])
         self.ws.store.set_stages([(current["version"], "production", "archived"),
@@ -119,5 +133,52 @@ class Registry:
                                  actor=current_actor(actor), reason=reason)
         return self.resolve(previous["version"])
 
+    # approvals ---------------------------------------------------------------------------
+    def approve(self, version: int | str, *, reason: str, actor: str | None = None) -> dict[str, Any]:
+        """Sign a version off for the stages that need approval; returns its approval status."""
+        return self._decide(version, "approved", reason=reason, actor=actor)
+
+    def reject(self, version: int | str, *, reason: str, actor: str | None = None) -> dict[str, Any]:
+        """Refuse a version: it may not answer traffic (canary or production) until approved again."""
+        row = self.resolve(version)
+        if row["stage"] in approval.GATED_STAGES:
+            step = "`tidal rollback` or promote another version" if row["stage"] == "production" \
+                else "`tidal withdraw canary`"
+            raise StateError(f"model version {row['version']} is serving in {row['stage']}; take it out of traffic "
+                             "before rejecting it", fix=f"run {step}, then reject it", version=row["version"])
+        return self._decide(row["version"], "rejected", reason=reason, actor=actor)
+
+    def _decide(self, version: int | str, decision: str, *, reason: str, actor: str | None) -> dict[str, Any]:
+        if not (reason or "").strip():
+            what = "an approval" if decision == "approved" else "a rejection"
+            raise InvalidArgument(f"{what} needs a reason, for the audit trail",
+                                  fix="pass --reason WHY (HTTP: a non-empty 'reason')")
+        row = self.resolve(version)
+        self.ws.store.record_approval(row["version"], decision, actor=current_actor(actor), reason=reason.strip())
+        return self.approval(row["version"])
+
+    def approval(self, version: int | str) -> dict[str, Any]:
+        """The version's approval status (approved, rejected, pending or not_required) and its decisions."""
+        number = self.resolve(version)["version"]
+        return approval.status(number, self.ws.store.approvals(number), self.approval_required_for)
+
+    def check_approval(self, version: int, stage: str) -> None:
+        """Raise :class:`ApprovalRequired` unless ``version`` may enter ``stage``; ``--force`` never skips this."""
+        approval.check(version, stage, self.ws.store.approvals(version), self.approval_required_for)
+
+    # audit and lineage ---------------------------------------------------------------------
     def history(self) -> list[dict[str, Any]]:
-        return self.ws.store.stage_history()
+        """The audit trail, oldest first: every stage change and every approval decision, each with
+        ``event`` (``stage``, ``approved`` or ``rejected``), who (``actor``), why (``reason``) and when (``at``).
+        Approval entries have no ``from_stage``/``to_stage``."""
+        stages = [{"event": "stage", **e} for e in self.ws.store.stage_history()]
+        decisions = [{"event": d["decision"], "id": None, "version": d["version"], "from_stage": None,
+                      "to_stage": None, "actor": d["actor"], "reason": d["reason"], "at": d["at"]}
+                     for d in self.ws.store.approvals()]
+        return sorted(stages + decisions, key=lambda e: e["at"])  # stable: a stage change first on a tie
+
+    def lineage(self, version: int | str) -> dict[str, Any]:
+        """Where a version came from (run, data versions, spec hash, code version, training rows, the
+        champion it was compared with), its bundle's manifest hash, approval status and audit trail."""
+        row = self.resolve(version)
+        return version_lineage(self.ws.store, row, trail=self.history(), approval=self.approval(row["version"]))

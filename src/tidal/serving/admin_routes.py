@@ -1,4 +1,5 @@
-"""Admin routes: the quarantine over HTTP (list, show, release, drop), token-protected.
+"""Admin routes, token-protected: the quarantine over HTTP (list, show, release, drop) and the
+approval of model versions (approve, reject).
 
 The token is read from the environment variable named by ``serving.admin_token_env``;
 when it is unset the routes answer 503 with how to enable them.
@@ -10,9 +11,11 @@ import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidal.data import quarantine as q
+from tidal.registry.registry import Registry
 from tidal.serving.auth import require_bearer
 
 
@@ -49,3 +52,20 @@ def add_admin_routes(app: FastAPI, state: Any) -> None:
     async def quarantine_drop(request: Request, batch_id: str, body: Decision) -> dict[str, Any]:
         require_token(request, env)
         return await asyncio.to_thread(q.drop, state.ws, batch_id, actor=body.actor or "http", reason=body.reason)
+
+    def registry() -> Registry:
+        return Registry(state.ws, approval_required_for=state.spec.registry.approval_required_for)
+
+    @app.post("/v1/admin/models/{version}/approve", tags=["admin"],
+              summary="Approve a model version for the stages the spec gates")
+    async def model_approve(request: Request, version: str, body: Decision) -> dict[str, Any]:
+        require_token(request, env)
+        return jsonable_encoder(await asyncio.to_thread(registry().approve, version, actor=body.actor or "http",
+                                                        reason=body.reason))
+
+    @app.post("/v1/admin/models/{version}/reject", tags=["admin"],
+              summary="Reject a model version: no canary or production until approved again")
+    async def model_reject(request: Request, version: str, body: Decision) -> dict[str, Any]:
+        require_token(request, env)
+        return jsonable_encoder(await asyncio.to_thread(registry().reject, version, actor=body.actor or "http",
+                                                        reason=body.reason))

@@ -1,7 +1,8 @@
 """Batch scoring: a CSV, Parquet or Delta input scored chunk by chunk through the online predictor's code.
 
 Each chunk is typed by ingestion's rules (:func:`tidal.data.validate.type_columns`), joined to
-the spec's lookups as of its event times, turned into the model's matrix by the bundle's
+the spec's lookups and history features as of its event times (history: each entity's events
+in the lake strictly before the row, as in training), turned into the model's matrix by the bundle's
 :class:`~tidal.features.FeaturePipeline` and scored; the decision rule is the online
 predictor's (:class:`~tidal.serving.decision.DecisionRule`). The output holds the input's
 entity key (if any), ``prediction``, ``probability``, ``decision`` and ``model_version``, one
@@ -137,13 +138,15 @@ class _Model:
 
 def _inputs(spec: Spec, bundle: Bundle, source: BatchInput) -> tuple[dict[str, str], list[str]]:
     """(column -> kind to read and type, the model inputs that must not be null)."""
-    lookup_features = {f for lookup in spec.lookups.values() for f in lookup.features}
+    joined = {f for lookup in spec.lookups.values() for f in lookup.features} | set(spec.history)
     declared = bundle.signature.get("inputs", {})
-    kinds = {n: k for n, k in bundle.pipeline.features.items() if n not in lookup_features}
+    kinds = {n: k for n, k in bundle.pipeline.features.items() if n not in joined}
     required = [n for n in kinds if not declared.get(n, {}).get("nullable", True)]
     missing = [n for n in required if n not in source.columns]
     if spec.lookups:
         missing += [c for c in [*spec.lookup_keys, spec.event_time] if c not in source.columns and c not in missing]
+    if spec.history:
+        missing += [c for c in [spec.entity_key, spec.event_time] if c not in source.columns and c not in missing]
     if missing:
         raise DataValidationError(
             f"{source.path}: {len(missing)} required column(s) missing",
@@ -151,6 +154,9 @@ def _inputs(spec: Spec, bundle: Bundle, source: BatchInput) -> tuple[dict[str, s
     read = {n: k for n, k in kinds.items() if n in source.columns}
     if spec.lookups:
         read.update({k: "key" for k in spec.lookup_keys if k not in read})
+    if spec.history:
+        read.setdefault(spec.entity_key, "key")
+    if spec.lookups or spec.history:
         read[spec.event_time] = "datetime"
     return read, required
 
@@ -162,7 +168,7 @@ def score_file(spec: Spec, bundle: Bundle, version: int, input: str | Path, outp
 
     ``progress(rows_done, rows_total_or_None)`` is called after each chunk. ``engine`` is
     ``auto`` (compiled for large inputs when lleaves is installed and agrees with LightGBM),
-    ``native`` or ``compiled``. ``lake`` is needed only when the spec has lookups.
+    ``native`` or ``compiled``. ``lake`` is needed only when the spec has lookups or history features.
     """
     from tidal.data.validate import type_columns
 
@@ -252,17 +258,22 @@ def _reading(source: BatchInput, columns: list[str], chunk_rows: int) -> Any:
 
 
 def _lookup_join(spec: Spec, lake: Any) -> Callable[[pa.Table], pa.Table]:
-    """Each chunk's lookup features, joined as of its event times, from lookup versions pinned for the run."""
-    if not spec.lookups:
+    """Each chunk's lookup and history features, joined as of its event times, from lookup and events
+    versions pinned for the run (the events are read once: history of each entity's events before each row)."""
+    if not spec.lookups and not spec.history:
         return lambda table: table
     if lake is None:
-        raise StateError("the spec has lookups, so batch scoring needs the workspace's lake",
+        raise StateError("the spec has lookups or history features, so batch scoring needs the workspace's lake",
                          fix="score through Project.score or `tidal score`")
+    from tidal.features.history import feature_rows, join_feature_rows, read_events
     from tidal.features.lookups import join_lookups
     from tidal.infra.lake import lookup_table
 
     versions = {name: lake.version(lookup_table(name)) for name in spec.lookups}
-    return lambda table: join_lookups(table, spec, lake, versions)
+    if not spec.history:
+        return lambda table: join_lookups(table, spec, lake, versions)
+    rows = feature_rows(read_events(lake, spec), spec)
+    return lambda table: join_feature_rows(join_lookups(table, spec, lake, versions), spec, rows)
 
 
 def _output_table(rule: DecisionRule, scores: np.ndarray, version: int, key: str | None, keys: Any) -> pa.Table:

@@ -4,9 +4,10 @@
 onnxruntime on the check rows' raw columns, and compares its ``score`` with the bundle's own
 predictions. The check rows are extended with edge cases built from them (each feature
 missing in turn, each categorical feature set to a value outside its vocabulary), so the
-missing-value and unknown-category paths are checked too. The file is written only if the
-largest absolute difference is at most :data:`TOLERANCE` and its size fits the spec's
-``guardrails.max_model_size_mb``.
+missing-value and unknown-category paths are checked too, and so are the derived features'
+branches (each numeric input of one at 0, -1, -2 and its bounds or limits). The file is
+written only if the largest absolute difference is at most :data:`TOLERANCE` and its size
+fits the spec's ``guardrails.max_model_size_mb``.
 
 onnx, onnxmltools and onnxruntime are optional (``pip install 'tidal[export]'``) and are
 imported only here, when an export runs.
@@ -101,7 +102,26 @@ def edge_cases(pipeline: FeaturePipeline, table: pa.Table, rows: int = EDGE_ROWS
         variants.append(base.set_column(i, name, pa.nulls(base.num_rows, typ)))
         if kind == "categorical" and (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
             variants.append(base.set_column(i, name, pa.array([UNSEEN] * base.num_rows, typ)))
+    for name, values in _derived_edges(pipeline).items():
+        if name in base.column_names and pa.types.is_floating(base.schema.field(name).type):
+            i, typ = base.column_names.index(name), base.schema.field(name).type
+            cycle = [values[j % len(values)] for j in range(base.num_rows)]
+            variants.append(base.set_column(i, name, pa.array(cycle, typ)))
     return pa.concat_tables(variants)
+
+
+def _derived_edges(pipeline: FeaturePipeline) -> dict[str, list[float]]:
+    """Per numeric input of a derived feature, the values where its transform changes branch."""
+    edges: dict[str, list[float]] = {}
+    for t in pipeline.derived.values():
+        if t.kind in ("log", "clip", "bucketize", "ratio"):
+            for col in t.inputs:
+                edges.setdefault(col, [0.0, -1.0, -2.0])
+            if t.kind == "bucketize":
+                edges[t.column] += list(t.bounds)
+            if t.kind == "clip":
+                edges[t.column] += [v for v in (t.min, t.max) if v is not None]
+    return edges
 
 
 def parity(model_bytes: bytes, bundle: Bundle, table: pa.Table) -> float:
@@ -125,8 +145,10 @@ def parity(model_bytes: bytes, bundle: Bundle, table: pa.Table) -> float:
 def export_onnx(bundle: Bundle, path: str | Path, *, check_rows: pa.Table, version: int,
                 max_size_mb: float | None = None) -> ExportReport:
     """Write ``bundle`` as one ONNX graph to ``path`` after the parity and size checks (else refuse)."""
+    from tidal.serving.onnx_graph import build_model, refuse_unsupported
+
+    refuse_unsupported(bundle.pipeline)  # before anything else: no install fixes a Python transform
     _require()
-    from tidal.serving.onnx_graph import build_model
 
     if check_rows.num_rows == 0:
         raise StateError("no rows to check the export's parity on", fix="pass --data FILE with some rows")

@@ -4,7 +4,9 @@ The route exists only when the spec declares an http source. A caller sends a be
 token (from the environment variable the source names), and a JSON array of records or
 CSV text; the batch is validated and committed exactly like any other source's, and the
 ingest report comes back. An ``Idempotency-Key`` header names the batch, so a retried
-request is recognised and not applied twice (without it, the body's sha256 does).
+request is recognised and not applied twice (without it, the body's sha256 does). With
+history features, the entities the batch touched get their online store rows recomputed
+from the lake before the response, so the next request sees the new events.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 from typing import Any
 
 import orjson
@@ -25,6 +28,7 @@ from tidal.registry.bundle import guard_model
 from tidal.serving.auth import require_bearer
 
 MAX_KEY_CHARS = 200
+log = logging.getLogger("tidal.serving")
 
 
 def _json_frame(body: bytes) -> pl.DataFrame:
@@ -112,4 +116,9 @@ def add_ingest_routes(app: FastAPI, state: Any) -> None:
             report = await asyncio.to_thread(ingest_frame, state.ws, state.spec, frame, batch_id=f"b-{sha[:16]}",
                                              source=name, content_sha256=sha, trust=config.trust,
                                              model=None if state.predictor is None else guard_model(state.predictor.bundle))
+        if getattr(state, "history", None) is not None and report.rows_accepted and not report.already_ingested:
+            try:  # the touched entities' history, recomputed from the lake, before the next request
+                await asyncio.to_thread(state.sync_history)
+            except Exception:  # noqa: BLE001 - the batch is committed; the reload tick retries the store
+                log.exception("could not update the online store after batch %s", report.batch_id)
         return Response(orjson.dumps(report.as_dict()), media_type="application/json")

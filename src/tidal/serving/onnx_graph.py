@@ -18,6 +18,11 @@ The pipeline's steps map to standard operators: a category's code is a ``LabelEn
 (ai.onnx.ml) lookup in the fitted vocabulary, with the unknown bucket as its default; a
 datetime's hour, weekday and month are integer calendar arithmetic on the epoch seconds
 (``Floor``/``Div``, the days-to-civil-date algorithm), so no string parsing is needed.
+Derived features follow the model features, computed from the same graph inputs: ``log`` is
+``Log(1 + x)`` where x > -1, ``clip`` two ``Where``s, ``bucketize`` the count of bounds at or
+below x, ``ratio`` a ``Div`` guarded against a zero denominator and overflow, and a target encoding a
+``LabelEncoder`` to an index into its fitted values (double, so the same numbers as the
+pipeline's). A registered Python transform has no ONNX form: such a model is refused.
 Where LightGBM reads a missing number as zero (a numeric feature without missing values in
 training), the graph does the same before the trees, so NaN goes where LightGBM sends it.
 The trees come from onnxmltools' ``convert_lightgbm`` and compare in float32, as
@@ -31,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from tidal.errors import StateError
+from tidal.features import derived as D
 from tidal.features.pipeline import DATETIME_PARTS, FeaturePipeline
 
 ONNX_OPSET = 15  # the newest onnxmltools' LightGBM converter supports
@@ -111,6 +117,49 @@ def _datetime_parts(b: _Builder, t: str) -> list[str]:
     return [parts[p] for p in DATETIME_PARTS]
 
 
+def refuse_unsupported(pipeline: FeaturePipeline) -> None:
+    """Refuse a pipeline the graph cannot express: one with a registered Python transform."""
+    python = {name: t.function for name, t in pipeline.derived.items() if isinstance(t, D.Python)}
+    if python:
+        names = ", ".join(f"{n!r} (transform {f!r})" for n, f in python.items())
+        raise StateError(f"derived feature(s) {names} run registered Python code, which an ONNX graph cannot hold",
+                         fix="serve this model natively (HTTP or batch scoring), or express the feature with the "
+                             "built-in kinds (log, clip, bucketize, ratio, target_encoding) and retrain",
+                         features=list(python))
+
+
+def _derived(b: _Builder, t: D.Derived) -> str:
+    """One derived feature's [N] double column, from the graph's raw inputs (as the pipeline computes it)."""
+    from onnx import TensorProto
+
+    nan = b.const(np.nan)
+    if isinstance(t, D.Log):
+        x = t.column
+        return b.op("Where", [b.op("Greater", [x, b.const(-1.0)]), b.op("Log", [b.op("Add", [x, b.const(1.0)])]), nan])
+    if isinstance(t, D.Clip):
+        x = t.column
+        if t.min is not None:
+            x = b.op("Where", [b.op("Less", [x, b.const(t.min)]), b.const(t.min), x])
+        if t.max is not None:
+            x = b.op("Where", [b.op("Greater", [x, b.const(t.max)]), b.const(t.max), x])
+        return x
+    if isinstance(t, D.Bucketize):
+        x = t.column
+        above = b.op("GreaterOrEqual", [b.column(x), b.const(list(t.bounds))])  # [N, bounds]
+        count = b.op("ReduceSum", [b.op("Cast", [above], to=TensorProto.DOUBLE), b.const([1], np.int64)], keepdims=0)
+        return b.op("Where", [b.op("IsNaN", [x]), nan, count])
+    if isinstance(t, D.Ratio):
+        quotient = b.op("Div", [t.numerator, t.denominator])
+        missing = b.op("Or", [b.op("Equal", [t.denominator, b.const(0.0)]), b.op("IsInf", [quotient])])
+        return b.op("Where", [missing, nan, quotient])
+    if isinstance(t, D.TargetEncoding):
+        k = len(t.categories)  # index k: an unseen category (the prior); k + 1: missing ("")
+        index = b.op("LabelEncoder", [t.column], domain="ai.onnx.ml", keys_strings=[*t.categories, ""],
+                     values_int64s=[*range(k), k + 1], default_int64=k)
+        return b.op("Gather", [b.const([*t.values, t.prior, t.missing]), index], axis=0)
+    raise StateError(f"derived feature kind {t.kind!r} has no ONNX form")
+
+
 def _as_lightgbm_reads(b: _Builder, x: str, rules: set[str]) -> str:
     """Missing values as LightGBM's numerical splits on this column read them (a categorical split
     always sends NaN right, as the converted trees do)."""
@@ -128,6 +177,7 @@ def build_model(pipeline: FeaturePipeline, booster: Any, signature: dict[str, An
     from onnxmltools import convert_lightgbm
     from onnxmltools.convert.common.data_types import FloatTensorType
 
+    refuse_unsupported(pipeline)
     clashes = [n for n in pipeline.features if n in ("score", "decision") or n.startswith("tidal_")]
     if clashes:
         raise StateError(f"feature name(s) {', '.join(clashes)} would clash with the graph's own names",
@@ -149,6 +199,7 @@ def build_model(pipeline: FeaturePipeline, booster: Any, signature: dict[str, An
             columns += _datetime_parts(b, name)
         else:
             columns.append(name)
+    columns += [_derived(b, t) for t in pipeline.derived.values()]
     rules, categorical = missing_types(booster), set(pipeline.categorical_indices)
     columns = [b.column(c if j in categorical else _as_lightgbm_reads(b, c, rules.get(j, set())))
                for j, c in enumerate(columns)]

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from tidal.serving.columns import RecordColumns
 from tidal.spec import Spec
 
 _TYPES: dict[str, Any] = {"numeric": float, "categorical": str, "boolean": bool, "datetime": datetime}
@@ -25,8 +26,8 @@ class _Record(BaseModel):
 def record_model(spec: Spec) -> type[BaseModel]:
     """One prediction input: every feature, typed; nullable features may be omitted.
 
-    Lookup features are not inputs: the record carries the lookups' keys (required) and,
-    optionally, its event time, and the server fills them in.
+    Lookup and history features are not inputs: the record carries the lookups' keys and the
+    entity key (required) and, optionally, its event time, and the server fills them in.
     """
     fields: dict[str, Any] = {}
     for name, feat in spec.features.items():
@@ -36,20 +37,26 @@ def record_model(spec: Spec) -> type[BaseModel]:
             fields[name] = (py | None, Field(None, description=desc))
         else:
             fields[name] = (py, Field(description=desc))
-    if spec.entity_key and spec.entity_key not in fields:
+    if spec.entity_key and spec.entity_key not in fields and spec.history:  # whose history the server adds
+        fields[spec.entity_key] = (str, Field(description="Entity key: the server adds its history features."))
+    elif spec.entity_key and spec.entity_key not in fields:
         fields[spec.entity_key] = (str | None, Field(None, description="Entity key (logged, not a feature)."))
     for key in spec.lookup_keys:  # the server joins the lookups' features itself, by these keys
         fields[key] = (str, Field(description="Lookup key: the server adds the lookups' features of this key."))
-    if spec.lookups:
+    if spec.lookups or spec.history:
         fields[spec.event_time] = (datetime | None, Field(None, description=(
-            "When the row happens: lookups are read as of this time (default: now). Without a time zone, UTC.")))
+            "When the row happens: lookups are read as of this time (default: now); history features are the "
+            "entity's newest in the online store. Without a time zone, UTC.")))
     return create_model(f"{spec.name.title().replace('-', '').replace('_', '')}Record", __base__=_Record, **fields)
 
 
-def record_decoder(model: type[BaseModel]) -> Callable[[bytes], list[dict[str, Any]] | None] | None:
+def record_decoder(model: type[BaseModel], *, columns_from: int | None = None,
+                   ) -> Callable[[bytes], "list[dict[str, Any]] | RecordColumns | None"] | None:
     """A fast decoder of request bodies (one record object or an array of them) into the dicts
     ``model`` would give (its ``__dict__``), through a msgspec Struct with the model's fields
-    and required/optional rules: no pydantic model per row.
+    and required/optional rules: no pydantic model per row. An array of at least
+    ``columns_from`` records comes back column-wise instead, as :class:`RecordColumns` (the same
+    values, no dict per record).
 
     msgspec is strict (no "1.5" for a number, no 1 for a bool), so it accepts a subset of what
     the model accepts; for anything else the decoder returns None and the caller validates
@@ -70,16 +77,24 @@ def record_decoder(model: type[BaseModel]) -> Callable[[bytes], list[dict[str, A
             kind = str if kind is datetime else str | None
         fields.append((name, kind) if info.is_required() else (name, kind, info.default))
     try:
-        struct = msgspec.defstruct(model.__name__, fields, kw_only=True)
+        # gc=False: the fields hold only numbers, text, booleans and None, so no cycle can form
+        struct = msgspec.defstruct(model.__name__, fields, kw_only=True, gc=False)
         one, many = msgspec.json.Decoder(struct), msgspec.json.Decoder(list[struct])
     except (TypeError, ValueError):
         return None
     as_dict, to_datetime = msgspec.structs.asdict, TypeAdapter(datetime).validate_python
+    as_tuple, names = msgspec.structs.astuple, [f[0] for f in fields]
 
-    def decode(body: bytes) -> list[dict[str, Any]] | None:
+    def decode(body: bytes) -> list[dict[str, Any]] | RecordColumns | None:
         try:
             if body.lstrip()[:1] == b"[":
-                records = [as_dict(r) for r in many.decode(body)]
+                structs = many.decode(body)
+                if columns_from is not None and len(structs) >= max(columns_from, 1):
+                    batch = RecordColumns.from_rows(names, [as_tuple(r) for r in structs])
+                    for name in datetimes:
+                        batch.columns[name] = [None if v is None else to_datetime(v) for v in batch.columns[name]]
+                    return batch
+                records = [as_dict(r) for r in structs]
             else:
                 records = [as_dict(one.decode(body))]
             for r in records if datetimes else ():

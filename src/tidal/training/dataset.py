@@ -1,10 +1,12 @@
 """Training sets: built from exact lake versions, so any run's data can be rebuilt bit for bit.
 
 A training set is the ``events`` table at a recorded version, with the spec's lookups joined
-point-in-time at their own recorded versions, plus, for retraining, the labelled rows of
-the prediction log (predictions joined with their feedback labels at recorded versions,
-carrying the lookup values the server used). The newest ``holdout_share`` of those
-labelled rows is kept out to compare champion and challenger on data neither was trained on.
+point-in-time at their own recorded versions and its history features computed from that
+same events version (each row from its entity's earlier events only), plus, for retraining,
+the labelled rows of the prediction log (predictions joined with their feedback labels at
+recorded versions, carrying the lookup and history values the server used). The newest
+``holdout_share`` of those labelled rows is kept out to compare champion and challenger on
+data neither was trained on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
 from tidal.errors import StateError
+from tidal.features.history import history_events, join_history
 from tidal.features.lookups import join_lookups
 from tidal.infra.workspace import Workspace
 from tidal.spec import Spec
@@ -82,6 +85,7 @@ def training_table(ws: Workspace, spec: Spec, data_versions: dict[str, Any]) -> 
     events = ws.lake.read("events", version=wanted)
     if events is None or events.num_rows == 0:
         raise StateError("there is no accepted data to train on", fix="run `tidal ingest FILE` first")
+    history = history_events(events, spec) if spec.history else None  # the same events version: reproducible
     keep = list(dict.fromkeys(c for c in (*spec.features, spec.target, spec.entity_key, spec.event_time,
                                           *spec.lookup_keys) if c))
     events = events.select([c for c in keep if c in events.column_names])
@@ -91,6 +95,9 @@ def training_table(ws: Workspace, spec: Spec, data_versions: dict[str, Any]) -> 
             events = events.append_column(name, pa.nulls(events.num_rows, _ARROW_TYPES[feat.type]))
     # lookup features as of each row's event time, from the recorded lookup versions
     events = join_lookups(events, spec, ws.lake, data_versions.get("lookups"))
+    # history features of each row: its entity's events strictly before it, in the same version
+    if history is not None:
+        events = join_history(events, spec, history)
     log = labelled_log(ws, spec, predictions_version=data_versions.get("predictions"),
                        labels_version=data_versions.get("labels"))
     if log is not None:

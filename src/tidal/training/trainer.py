@@ -78,10 +78,13 @@ def fit(spec: Spec, table: pa.Table, *, params: dict[str, Any] | None = None, tu
         raise StateError(f"the training set has only one class of {spec.target!r}",
                          fix=f"check positive_class ({spec.positive_label!r}) against the data")
     split = split_rows(table, spec, y)
-    pipeline = FeaturePipeline.from_spec(spec).fit(
-        {n: table.column(n).take(split.train).to_pylist() for n, f in spec.model_features.items()
-         if f.type == "categorical"})
+    categories = {n: table.column(n).take(split.train).to_pylist() for n, f in spec.model_features.items()
+                  if f.type == "categorical"}
+    pipeline = FeaturePipeline.from_spec(spec).fit(categories, target=y[split.train])
     X = pipeline.transform_arrow(table)
+    # target encodings: training rows take out-of-fold values; every other row the fit on all training rows
+    for j, values in pipeline.out_of_fold(categories, y[split.train], seed=spec.training.seed).items():
+        X[split.train, j] = values
     cats = pipeline.categorical_indices
     imbalance = (choose_imbalance(spec.training.imbalance, y[split.train], lgb_params(spec, params))
                  if spec.task == "binary" else None)

@@ -1,9 +1,13 @@
 """Retraining: when the spec's policy fires, train a challenger on the newest data, compare it
 with the champion on the most recent labelled rows by business cost, and promote it only if
-it is better, passes the guardrails and keeps the spec's fairness limits on those rows."""
+it is better, passes the guardrails and keeps the spec's fairness limits on those rows.
+
+When the spec asks for approval before production, a winning challenger is left as a
+candidate awaiting a person's approval, with an ``approval`` alert; the champion keeps serving."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -64,7 +68,7 @@ def retrain(ws: Workspace, spec: Spec, *, force: bool = False) -> dict[str, Any]
     if not reasons:
         return {"retrained": False, "promoted": False, "reasons": [], "message": "the policy did not fire"}
     policy = spec.retraining
-    registry = Registry(ws)
+    registry = Registry(ws, approval_required_for=spec.registry.approval_required_for)
     champion_row, champion = registry.load("production")
     versions = {"events": ws.lake.version("events"), "predictions": ws.lake.version("predictions"),
                 "labels": ws.lake.version("labels"), "holdout_share": policy.holdout_share}
@@ -85,7 +89,7 @@ def retrain(ws: Workspace, spec: Spec, *, force: bool = False) -> dict[str, Any]
     decision = {"retrained": True, "reasons": reasons, "champion": champion_row["version"],
                 "challenger": result.version, "holdout_rows": holdout.num_rows,
                 "champion_holdout": champ, "challenger_holdout": chall, "guardrail_failures": failures,
-                "promoted": False}
+                "promoted": False, "awaiting_approval": False}
     if not better:
         decision["message"] = (f"kept version {champion_row['version']}: challenger cost per row "
                                f"{chall['cost_per_row']:.4f} is not below the champion's {champ['cost_per_row']:.4f}")
@@ -93,6 +97,12 @@ def retrain(ws: Workspace, spec: Spec, *, force: bool = False) -> dict[str, Any]
         decision["message"] = f"kept version {champion_row['version']}: challenger breaks guardrails: " + "; ".join(failures)
     elif not policy.auto_promote:
         decision["message"] = f"challenger {result.version} wins; awaiting a person (auto_promote is off)"
+    elif "production" in spec.registry.approval_required_for:
+        decision["awaiting_approval"] = True
+        decision["message"] = (f"challenger {result.version} wins (cost per row {chall['cost_per_row']:.4f} vs "
+                               f"{champ['cost_per_row']:.4f}) and awaits approval before production; version "
+                               f"{champion_row['version']} keeps serving: run `tidal approve {result.version} "
+                               f"--reason WHY`, then `tidal promote {result.version}`")
     else:
         registry.promote(result.version, actor="tidal-retrain", reason=(
             f"challenger cost per row {chall['cost_per_row']:.4f} < champion {champ['cost_per_row']:.4f} "
@@ -102,6 +112,10 @@ def retrain(ws: Workspace, spec: Spec, *, force: bool = False) -> dict[str, Any]
                                f"{chall['cost_per_row']:.4f} vs {champ['cost_per_row']:.4f}")
     with ws.store.engine.begin() as conn:
         conn.execute(alerts.update().where(alerts.c.resolved.is_(False)).values(resolved=True))
+        if decision.get("awaiting_approval"):  # raised after the others are settled: it stays open until decided
+            conn.execute(alerts.insert().values(kind="approval", message=decision["message"], details=json.dumps(
+                {"challenger": result.version, "champion": champion_row["version"], "run_id": result.run_id}),
+                model_version=result.version, resolved=False, at=now()))
     ws.store.update(runs, runs.c.run_id == result.run_id,
                     {"metrics": {**result.metrics, "challenge": _jsonable(decision)}, "ended_at": now()})
     return decision

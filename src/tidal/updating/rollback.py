@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from tidal.infra.workspace import Workspace
 from tidal.monitoring.monitor import labels_for, recent_window
+from tidal.registry.approval import ApprovalRequired
 from tidal.registry.registry import Registry
 from tidal.spec import Spec
 from tidal.training import costs as C
@@ -54,8 +55,12 @@ def rollback_on_performance(ws: Workspace, spec: Spec, result: dict[str, Any]) -
     decision = {"version": current["version"], "previous": previous["version"], "labelled_rows": len(keep),
                 "cost_per_row": now_cost, "previous_cost_per_row": prev_cost, "rolled_back": False}
     if prev_cost < now_cost:
-        registry.rollback(actor="tidal-monitor", reason=(
-            f"auto-rollback on the business metric: cost per row {now_cost:.4f} vs {prev_cost:.4f} for version "
-            f"{previous['version']} on the same {len(keep)} labelled predictions"))
+        try:
+            registry.rollback(actor="tidal-monitor", reason=(
+                f"auto-rollback on the business metric: cost per row {now_cost:.4f} vs {prev_cost:.4f} for version "
+                f"{previous['version']} on the same {len(keep)} labelled predictions"))
+        except ApprovalRequired as exc:  # the previous version was rejected since: report, keep production
+            decision["refused"] = exc.message
+            return decision
         decision["rolled_back"] = True
     return decision

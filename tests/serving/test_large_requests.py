@@ -1,0 +1,263 @@
+"""Large requests take the column-wise path (decoder, features, compiled model, one log chunk) and
+answer and log exactly what the single-row path and batch scoring give for the same rows."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import datetime, timezone
+
+import httpx
+import msgspec
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from tests.conftest import TELCO
+from tests.serving.conftest import make_project, telco_records
+from tidal.infra.lake import Lake
+from tidal.serving import app as app_module
+from tidal.serving import compiled
+from tidal.serving.app import LABEL_SCHEMA, create_app, prediction_ids
+from tidal.serving.columns import RecordColumns
+from tidal.serving.logbuffer import LogBuffer
+from tidal.serving.predictor import Predictor
+from tidal.serving.schema import record_decoder
+
+N = 1000
+needs_lleaves = pytest.mark.skipif(not compiled.available(),
+                                   reason="lleaves is not installed (pip install 'tidal[fast]')")
+
+
+class Client:
+    """Requests to the app in-process, through its ASGI entry point (the hot route included)."""
+
+    def __init__(self, app) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tidal")
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return self.loop.run_until_complete(self.client.post(path, **kw))
+
+
+def records(n: int = N, offset: int = 0) -> list[dict]:
+    keys = pl.read_csv(TELCO, infer_schema=False)["customerID"].slice(offset, n).to_list()
+    return [dict(r, customerID=k) for r, k in zip(telco_records(n, offset), keys)]
+
+
+@pytest.fixture(scope="module")
+def served_in_process(tmp_path_factory):
+    """(project, app, state): the churn model in production, the app driven in-process (no lifespan:
+    nothing is flushed or reloaded behind the test's back)."""
+    root = tmp_path_factory.mktemp("large")
+    project = make_project(root / "project")
+    app = create_app(project.spec, project.ws)
+    state = app.state.tidal
+    state.load_production()
+    yield project, app, state
+    project.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _logged(project) -> dict[str, dict]:
+    return {row["_id"]: row for row in project.ws.lake.read("predictions").to_pylist()}
+
+
+@pytest.mark.parametrize("engine", ["compiled", "native"])
+def test_a_1000_row_request_answers_as_single_rows_and_batch_scoring_and_logs_every_row(
+        served_in_process, tmp_path, monkeypatch, engine):
+    project, app, state = served_in_process
+    predictor = state.predictor
+    if engine == "compiled":
+        if not compiled.available():
+            pytest.skip("lleaves is not installed")
+        assert predictor.compile()  # compiled now, not in the background: this request uses it
+    else:
+        monkeypatch.setattr(predictor, "_compiled", None)
+        monkeypatch.setattr(predictor, "_compile_started", True)
+    client = Client(app)
+    recs = records()
+    body = client.post("/v1/predict", json=recs).json()
+    assert body["model_version"] == predictor.version
+    big = body["predictions"]
+    assert len(big) == N and len({p["prediction_id"] for p in big}) == N
+
+    # the single-row path (LightGBM's single-row API) gives the same answers, to the last bit
+    singles = {}
+    for i in range(0, N, 25):
+        one = client.post("/v1/predict", json=recs[i]).json()["predictions"][0]
+        assert {k: one[k] for k in ("prediction", "probability", "decision")} == \
+               {k: big[i][k] for k in ("prediction", "probability", "decision")}
+        singles[i] = one["prediction_id"]
+
+    # so does batch scoring of the same rows
+    source = tmp_path / "telco.csv"
+    source.write_text("".join(TELCO.read_text().splitlines(keepends=True)[:N + 1]))
+    project.score(source, tmp_path / "out.parquet", engine="native")
+    batch = pl.read_parquet(tmp_path / "out.parquet")
+    assert batch["probability"].to_list() == [p["probability"] for p in big]
+    assert batch["prediction"].to_list() == [p["prediction"] for p in big]
+    assert batch["decision"].to_list() == [p["decision"] for p in big]
+
+    # every row is logged, with the values it was scored on; a single request's row logs the same
+    state.flush()
+    logged = _logged(project)
+    columns = state.logged_columns
+    for rec, p in zip(recs, big):
+        row = logged[p["prediction_id"]]
+        assert (row["_version"], row["_score"], row["_prediction"], row["_decision"], row["_shadow"]) == \
+               (predictor.version, p["probability"], p["prediction"], p["decision"], False)
+        assert {c: row[c] for c in columns} == {c: rec.get(c) for c in columns}
+    stamps = {logged[p["prediction_id"]]["_ts"] for p in big}
+    assert len(stamps) == 1  # one request, one time
+    for i, pid in singles.items():
+        single, many = dict(logged[pid]), dict(logged[big[i]["prediction_id"]])
+        for key in ("_id", "_ts"):
+            single.pop(key), many.pop(key)
+        assert single == many
+
+
+def test_the_log_rows_are_the_same_by_either_path(served_in_process, monkeypatch):
+    """Column-wise chunks (from decoded columns or from records) and one tuple a row give one table."""
+    _, _, state = served_in_process
+    predictor = state.predictor
+    recs = records(40, offset=2000)
+    recs[3]["TotalCharges"] = None
+    scores = predictor.scores(recs)
+    preds, _, decisions = predictor.outputs(scores)
+    ids, at = prediction_ids(len(recs)), datetime(2024, 1, 2, tzinfo=timezone.utc)
+    columns = RecordColumns.from_records(recs, list(recs[0]))
+    tables = []
+    for given, columns_from in ((recs, 32), (columns, 32), (recs, 10_000)):
+        monkeypatch.setattr(app_module, "COLUMNS_FROM", columns_from)
+        state.predictions._rows.clear()
+        state._log(given, ids, at, 7, scores, preds, decisions, shadow=True)
+        tables.append(state.predictions.arrow(list(state.predictions._rows)))
+    state.predictions._rows.clear()
+    state.predictions._size = 0
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    assert tables[0].num_rows == 40 and tables[0].column("_shadow").to_pylist() == [True] * 40
+
+
+def test_columns_score_as_records(served_in_process):
+    _, _, state = served_in_process
+    predictor = state.predictor
+    recs = records(300, offset=500)
+    recs[0]["TotalCharges"] = recs[1]["gender"] = None
+    recs[2]["Contract"] = "a contract never seen"
+    columns = RecordColumns.from_records(recs, list(recs[0]))
+    assert np.array_equal(predictor.scores(columns), predictor.scores(recs))
+    assert list(columns) == recs and columns[5] == recs[5] and columns[-1] == recs[-1] and columns[1:3] == recs[1:3]
+
+
+def test_large_bad_requests_name_the_field_and_lenient_values_are_accepted(served_in_process):
+    project, app, _ = served_in_process
+    client = Client(app)
+    recs = records(200, offset=3000)
+    bad = [dict(r) for r in recs]
+    bad[150]["tenure"] = "abc"
+    r = client.post("/v1/predict", json=bad)
+    assert r.status_code == 422
+    assert [p["field"] for p in r.json()["error"]["problems"]] == ["body.150.tenure"]
+    lenient = [dict(r) for r in recs]
+    lenient[7]["tenure"] = str(lenient[7]["tenure"])  # msgspec refuses text for a number; pydantic accepts it
+    got = client.post("/v1/predict", json=lenient).json()["predictions"]
+    want = client.post("/v1/predict", json=recs).json()["predictions"]
+    assert [p["probability"] for p in got] == [p["probability"] for p in want]
+
+
+def test_record_decoder_columns_hold_what_the_records_hold():
+    from pydantic import BaseModel, create_model
+
+    model = create_model("R", __base__=BaseModel, t=(datetime | None, None), x=(float, ...), c=(str | None, None))
+    rows = [{"t": "2024-01-02T03:04:05Z" if i % 3 else None, "x": i, "c": None if i % 5 == 0 else f"c{i}"}
+            for i in range(50)]
+    body = msgspec.json.encode(rows)
+    as_records = record_decoder(model)(body)
+    as_columns = record_decoder(model, columns_from=32)(body)
+    assert isinstance(as_columns, RecordColumns) and len(as_columns) == 50
+    assert list(as_columns) == as_records
+    assert all(type(a[k]) is type(b[k]) for a, b in zip(as_columns, as_records) for k in a)
+    assert isinstance(record_decoder(model, columns_from=32)(msgspec.json.encode(rows[:31])), list)
+    assert record_decoder(model, columns_from=32)(msgspec.json.encode([dict(rows[0], t="not a time")] * 40)) is None
+
+
+def test_log_buffer_keeps_chunks_and_rows_in_order_within_capacity(tmp_path):
+    now = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=LABEL_SCHEMA, capacity=6)
+    buf.append(("a", "1", now))
+    assert buf.append_columns({"_id": ["b", "c"], "_label": ("0", None), "_ts": [now, now], "other": [1, 2]}, 2) == 2
+    buf.append({"_id": "d", "_ts": now})
+    assert buf.append_columns({"_id": np.array(["e", "f", "g"]), "_ts": [now] * 3}, 3) == 2  # one over capacity
+    assert len(buf) == 6 and buf.dropped == 1 and not buf.append(("h", "1", now)) and buf.dropped == 2
+    want = [{"_id": "a", "_label": "1", "_ts": now}, {"_id": "b", "_label": "0", "_ts": now},
+            {"_id": "c", "_label": None, "_ts": now}, {"_id": "d", "_label": None, "_ts": now},
+            {"_id": "e", "_label": None, "_ts": now}, {"_id": "f", "_label": None, "_ts": now}]
+    assert buf.arrow(list(buf._rows)).equals(pa.Table.from_pylist(want, schema=LABEL_SCHEMA))
+    assert buf.flush() == 6 and len(buf) == 0
+    assert Lake(tmp_path).read("labels").to_pylist() == want
+
+
+@needs_lleaves
+def test_compile_exact_scores_bit_for_bit_as_lightgbm_with_categories_and_missing_values(served_in_process):
+    project, _, state = served_in_process
+    booster = state.predictor.bundle.booster
+    predict = compiled.compile_exact(booster)
+    assert predict is not None
+    X = state.predictor.bundle.pipeline.transform_records(records(2000, offset=1000))
+    X[::7, 0] = np.nan
+    assert np.array_equal(predict(X), booster.predict(X, num_threads=1))
+    edges = compiled.edge_rows(booster)
+    assert np.isnan(edges).any() and (edges == 0).any()
+
+
+@needs_lleaves
+def test_a_compiled_model_that_differs_is_not_used(served_in_process, monkeypatch):
+    _, bundle = served_in_process[0].registry.load(1)
+    monkeypatch.setattr(compiled, "compile_booster",
+                        lambda booster, **kw: lambda X: np.nextafter(booster.predict(X), 2.0))
+    assert compiled.compile_exact(bundle.booster) is None
+    predictor = Predictor(version=1, bundle=bundle)
+    assert not predictor.compile()
+    X = bundle.pipeline.transform_records(records(100))
+    assert np.array_equal(predictor.predict(X), bundle.booster.predict(X, num_threads=1))
+
+
+def test_log_buffer_converts_slab_by_slab_and_times_as_pyarrow_does(tmp_path, monkeypatch):
+    from zoneinfo import ZoneInfo
+
+    from tidal.serving import logbuffer
+
+    monkeypatch.setattr(logbuffer, "SLAB", 3)
+    paris = ZoneInfo("Europe/Paris")
+    times = [datetime(2024, 10, 27, 2, 30, tzinfo=paris), datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris),
+             None, datetime(1960, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc), datetime(2024, 3, 31, 2, 30, tzinfo=paris)]
+    rows = [{"_id": f"r{i}", "_label": str(i), "_ts": times[i % len(times)]} for i in range(11)]
+    buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=LABEL_SCHEMA, capacity=100)
+    buf.extend(rows[:4])
+    buf.append_columns({k: [r[k] for r in rows[4:]] for k in LABEL_SCHEMA.names}, 7)
+    assert buf.arrow(list(buf._rows)).equals(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA))
+    naive = [dict(rows[0], _ts=datetime(2024, 1, 2, 3, 4)), rows[1]]  # naive: left to pyarrow
+    assert buf.arrow([tuple(r.values()) for r in naive]).equals(pa.Table.from_pylist(naive, schema=LABEL_SCHEMA))
+
+
+@needs_lleaves
+def test_the_server_compiles_the_model_in_the_background_after_a_large_request(served_in_process, monkeypatch):
+    import threading
+
+    from tidal.serving.routing import Deployment
+
+    project, _, state = served_in_process
+    _, bundle = project.registry.load(1)
+    predictor = Predictor(version=1, bundle=bundle)
+    monkeypatch.setattr(state, "deployment", Deployment(production=predictor))
+    state.score(records(5))
+    assert predictor._compiled is None and not predictor._compile_started  # small requests never compile
+    _, first = state.score(records(50))  # answered by Booster.predict while the model compiles
+    for thread in threading.enumerate():
+        if thread.name == "tidal-compile-v1":
+            thread.join(timeout=60)
+    assert predictor._compiled is not None
+    _, again = state.score(records(50))
+    assert [p["probability"] for p in again] == [p["probability"] for p in first]
