@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import msgspec
@@ -240,6 +240,12 @@ def test_log_buffer_converts_slab_by_slab_and_times_as_pyarrow_does(tmp_path, mo
     assert buf.arrow(list(buf._rows)).equals(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA))
     naive = [dict(rows[0], _ts=datetime(2024, 1, 2, 3, 4)), rows[1]]  # naive: left to pyarrow
     assert buf.arrow([tuple(r.values()) for r in naive]).equals(pa.Table.from_pylist(naive, schema=LABEL_SCHEMA))
+    # the server logs its own times as int microseconds since the epoch: the same instants
+    as_micros = [dict(r, _ts=None if r["_ts"] is None else (r["_ts"] - datetime(1970, 1, 1, tzinfo=timezone.utc))
+                      // timedelta(microseconds=1)) for r in rows]
+    monkeypatch.setattr(logbuffer, "ROWS_A_SLAB", 4)
+    mixed = [tuple(r.values()) for r in as_micros[:6]] + [tuple(r.values()) for r in rows[6:]]
+    assert buf.arrow(mixed).equals(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA))
 
 
 @needs_lleaves

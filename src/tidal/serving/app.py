@@ -121,7 +121,7 @@ class ServerState:
         self.deployment = Deployment()  # replaced whole on every change
         self.live = LiveStats()
         self.probation: set[int] = set()  # production versions swapped in while serving: watched for rollback
-        self.shadow_queue: deque[tuple[list[dict[str, Any]], list[str], datetime]] = deque(maxlen=10_000)
+        self.shadow_queue: deque[tuple[list[dict[str, Any]], list[str], int]] = deque(maxlen=10_000)
         self.metrics = _Metrics()
         self.predictions = LogBuffer(lake=ws.lake, table="predictions", schema=prediction_log_schema(spec),
                                      capacity=spec.serving.log_buffer_size)
@@ -250,7 +250,7 @@ class ServerState:
         self.live.record(predictor.version, time.perf_counter() - started, True)
         if len(records) > SMALL_BATCH:  # large requests: the compiled model, once it is ready
             predictor.compile_in_background()
-        now = datetime.now(timezone.utc)
+        now = time.time_ns() // 1000  # the log's _ts in microseconds since the epoch (UTC): no datetime a row
         version = predictor.version
         ids = prediction_ids(len(records))
         out = [{"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec}
@@ -261,7 +261,7 @@ class ServerState:
         self._scored(version).inc(len(records))
         return version, out
 
-    def _log(self, records: list[dict[str, Any]] | RecordColumns, ids: list[str], at: datetime, version: int,
+    def _log(self, records: list[dict[str, Any]] | RecordColumns, ids: list[str], at: int, version: int,
              scores: np.ndarray, preds: list[Any], decisions: list[Any], *, shadow: bool) -> None:
         """Append one request's rows to the prediction log: a tuple a row, or one chunk of columns for
         a large request (the same values; no tuple per row)."""

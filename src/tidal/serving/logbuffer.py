@@ -124,17 +124,22 @@ class LogBuffer:
                 parts[-1].append(item)
             else:
                 parts.append([item])
-        columns = []
-        for j, f in enumerate(self.schema):
-            arrays = []
-            for part in parts:
-                arrays += _arrays(part.columns[j] if type(part) is _Chunk else [row[j] for row in part], f.type)
-            columns.append(arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays) if arrays else
-                           pa.array([], type=f.type))
+        per_column: list[list[pa.Array]] = [[] for _ in self.schema]
+        for part in parts:
+            if type(part) is _Chunk:
+                for j, f in enumerate(self.schema):
+                    per_column[j] += _arrays(part.columns[j], f.type)
+                continue
+            for start in range(0, len(part), ROWS_A_SLAB):  # rows turned into columns in C, a slab at a time
+                for j, (values, f) in enumerate(zip(zip(*part[start:start + ROWS_A_SLAB]), self.schema)):
+                    per_column[j] += _arrays(values, f.type)
+        columns = [arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays) if arrays else pa.array([], type=f.type)
+                   for arrays, f in zip(per_column, self.schema)]
         return pa.Table.from_arrays(columns, schema=self.schema)  # one array a column: the rows stay in order
 
 
 SLAB = 4096  # values converted to Arrow by one call (one hold of the GIL)
+ROWS_A_SLAB = 1024  # single rows transposed into columns at a time (zip(*rows): one hold of the GIL)
 _EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
 
 
@@ -150,13 +155,14 @@ def _arrays(values: Sequence[Any], kind: pa.DataType) -> list[pa.Array]:
 
 def _micros(values: Sequence[Any]) -> list[int | None] | None:
     """Microseconds since the epoch (UTC) of each datetime with a time zone, as pyarrow counts them
-    (one subtraction per datetime object: a request's rows share one); None if any value is
-    something else (a naive datetime, text), which is left to pyarrow."""
+    (one subtraction per datetime object: a request's rows share one; an int is taken as already
+    microseconds); None if any value is something else (a naive datetime, text), which is left
+    to pyarrow."""
     out: list[int | None] = []
     seen: dict[int, int] = {}  # by identity: equal wall times in one zone may be different instants (fold)
     for value in values:
-        if value is None:
-            out.append(None)
+        if value is None or type(value) is int:  # an int is already microseconds since the epoch
+            out.append(value)
             continue
         micros = seen.get(id(value))
         if micros is None:
