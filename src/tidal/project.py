@@ -53,6 +53,8 @@ class Project:
     # data ------------------------------------------------------------------------------
     def guard_model(self) -> Any:
         """The production model as the poisoning guard uses it, or None before one exists."""
+        if self.ws.store.production() is None:  # nothing to load (and LightGBM not worth importing yet)
+            return None
         from tidal.errors import ModelNotFound
         from tidal.registry.bundle import guard_model
 
