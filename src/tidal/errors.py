@@ -105,6 +105,12 @@ class StateError(TidalError, RuntimeError):
     code = "conflict"
 
 
+class ApprovalRequired(StateError):
+    """A promotion needs a person's approval that the version does not have (or it was rejected)."""
+
+    code = "approval_required"
+
+
 class NotReady(TidalError, RuntimeError):
     """The server has no model to serve yet."""
 

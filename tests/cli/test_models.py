@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.serving.conftest import make_project
 from tidal import cli
-from tidal.registry.approval import ApprovalRequired
+from tidal.errors import ApprovalRequired
 
 ENV = {"NO_COLOR": "1", "COLUMNS": "240", "TIDAL_SPEC": ""}
 

@@ -9,11 +9,10 @@ import sqlalchemy as sa
 
 from tests.conftest import CHURN_SPEC, drop_postgres, postgres_url
 from tests.registry.test_registry import _register
-from tidal.errors import InvalidArgument, ModelNotFound, StateError
+from tidal.errors import ApprovalRequired, InvalidArgument, ModelNotFound, StateError
 from tidal.infra.metadata import alerts, now
 from tidal.infra.workspace import Workspace
 from tidal.project import Project
-from tidal.registry.approval import ApprovalRequired
 from tidal.registry.registry import Registry
 from tidal.spec import parse_spec
 

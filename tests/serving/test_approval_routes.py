@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import Server, free_port, make_project
-from tidal.registry.approval import ApprovalRequired
+from tidal.errors import ApprovalRequired
 
 TOKEN = "s3cret-admin"
 

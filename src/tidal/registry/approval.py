@@ -11,17 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tidal.errors import StateError
+from tidal.errors import ApprovalRequired
+
+__all__ = ["ApprovalRequired", "GATED_STAGES", "check", "status"]
 
 DECISIONS = ("approved", "rejected")
 # stages where a version answers traffic, and so where approval can be asked for
 GATED_STAGES = ("canary", "production")
-
-
-class ApprovalRequired(StateError):
-    """A promotion needs an approval the version does not have (or it was rejected)."""
-
-    code = "approval_required"
 
 
 def status(version: int, decisions: list[dict[str, Any]], required_for: Sequence[str]) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from tidal.errors import ApprovalRequired
 from tidal.infra.workspace import Workspace
 from tidal.monitoring.monitor import labels_for, recent_window
-from tidal.registry.approval import ApprovalRequired
 from tidal.registry.registry import Registry
 from tidal.spec import Spec
 from tidal.training import costs as C
