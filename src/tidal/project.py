@@ -56,40 +56,14 @@ class Project:
         if self.ws.store.production() is None:  # nothing to load (and LightGBM not worth importing yet)
             return None
         from tidal.errors import ModelNotFound
+        from tidal.features.lookups import with_joined_features
         from tidal.registry.bundle import guard_model
 
         try:
             _, bundle = self.registry.load("production")
         except ModelNotFound:
             return None
-        model = guard_model(bundle)
-        if model is None or not (self.spec.lookups or self.spec.history):
-            return model
-        return self._with_lookups(model)
-
-    def _with_lookups(self, model: Any) -> Any:
-        """The guard's scorer given each batch's lookup and history features, joined point-in-time as in
-        training (history: each entity's events already in the lake before the row)."""
-        from dataclasses import replace
-
-        import polars as pl
-
-        from tidal.errors import StateError
-        from tidal.features.history import join_history, read_events
-        from tidal.features.lookups import join_lookups
-
-        score, spec, lake = model.score, self.spec, self.ws.lake
-
-        def joined(frame: Any) -> Any:
-            table = frame.to_arrow()
-            if spec.history:
-                table = join_history(table, spec, read_events(lake, spec))
-            try:
-                return score(pl.from_arrow(join_lookups(table, spec, lake)))
-            except StateError:  # a lookup without data: score without it rather than fail the batch
-                return score(pl.from_arrow(table))
-
-        return replace(model, score=joined)
+        return with_joined_features(guard_model(bundle), self.spec, self.ws.lake)
 
     def ingest(self, path: str | Path | None = None, *, trust: str | None = None) -> list[Any]:
         """Ingest one file, or every source of the spec once when no path is given."""

@@ -24,6 +24,7 @@ from fastapi.responses import Response
 
 from tidal.data.sources.base import digest
 from tidal.errors import PayloadTooLarge, RequestValidationError
+from tidal.features.lookups import with_joined_features
 from tidal.registry.bundle import guard_model
 from tidal.serving.auth import require_bearer
 
@@ -112,10 +113,13 @@ def add_ingest_routes(app: FastAPI, state: Any) -> None:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         frame = _csv_frame(body) if media == "text/csv" else _json_frame(body)
         sha = digest("http", name, key) if key is not None else hashlib.sha256(body).hexdigest()
+        # the production model as the guard (with the batch's lookup and history features, as in training)
+        guard = None if state.predictor is None else with_joined_features(
+            guard_model(state.predictor.bundle), state.spec, state.ws.lake)
         async with lock:
             report = await asyncio.to_thread(ingest_frame, state.ws, state.spec, frame, batch_id=f"b-{sha[:16]}",
                                              source=name, content_sha256=sha, trust=config.trust,
-                                             model=None if state.predictor is None else guard_model(state.predictor.bundle))
+                                             model=guard)
         if getattr(state, "history", None) is not None and report.rows_accepted and not report.already_ingested:
             try:  # the touched entities' history, recomputed from the lake, before the next request
                 await asyncio.to_thread(state.sync_history)
