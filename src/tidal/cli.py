@@ -394,24 +394,29 @@ def report(version: str = typer.Argument("latest", help="Version number, 'latest
     typer.echo(f"report: {r['html']}")
 
 
-models_app = typer.Typer(invoke_without_command=True,
-                         help="Model versions: list them (the default) or show one's lineage.")
-app.add_typer(models_app, name="models")
-ModelsSpecOption = typer.Option(None, "--spec", "-s", help="Path of the spec file (default: the one given to `models`).")
+def _listing_group(name: str, help: str, listing: Any, list_help: str) -> tuple[typer.Typer, Any]:
+    """A command group whose bare form lists (`tidal NAME` is `tidal NAME list`); returns it and the
+    --spec option of its subcommands, which defaults to the spec given to the group."""
+    group = typer.Typer(invoke_without_command=True, help=help)
+    app.add_typer(group, name=name)
+    spec_option = typer.Option(None, "--spec", "-s", help=f"Path of the spec file (default: the one given to `{name}`).")
+
+    @group.callback()
+    def default(ctx: typer.Context, spec: str = SpecOption, as_json: bool = JsonOption) -> None:
+        ctx.obj = spec
+        if ctx.invoked_subcommand is None:
+            listing(spec, as_json)
+
+    @group.command("list", help=list_help)
+    def list_all(ctx: typer.Context, spec: Optional[str] = spec_option, as_json: bool = JsonOption) -> None:
+        listing(spec or ctx.obj, as_json)
+
+    return group, spec_option
 
 
-@models_app.callback()
-def models_default(ctx: typer.Context, spec: str = SpecOption, as_json: bool = JsonOption) -> None:
-    """Model versions: `tidal models` lists them, like `tidal models list`."""
-    ctx.obj = spec
-    if ctx.invoked_subcommand is None:
-        _models_list(spec, as_json)
-
-
-@models_app.command("list")
-def models_list(ctx: typer.Context, spec: Optional[str] = ModelsSpecOption, as_json: bool = JsonOption) -> None:
-    """List model versions, their stages and approval status."""
-    _models_list(spec or ctx.obj, as_json)
+models_app, ModelsSpecOption = _listing_group(
+    "models", "Model versions: list them (the default) or show one's lineage.",
+    lambda spec, as_json: _models_list(spec, as_json), "List model versions, their stages and approval status.")
 
 
 def _models_list(spec: str, as_json: bool) -> None:
@@ -567,24 +572,10 @@ def rollback(reason: str = typer.Option("rolled back by hand", help="Why, for th
     typer.echo(f"rolled back: model version {row['version']} is in production again")
 
 
-runs_app = typer.Typer(invoke_without_command=True,
-                       help="Training runs: list them (the default), show one, or compare two.")
-app.add_typer(runs_app, name="runs")
-RunSpecOption = typer.Option(None, "--spec", "-s", help="Path of the spec file (default: the one given to `runs`).")
-
-
-@runs_app.callback()
-def runs_default(ctx: typer.Context, spec: str = SpecOption, as_json: bool = JsonOption) -> None:
-    """Training runs: `tidal runs` lists them, like `tidal runs list`."""
-    ctx.obj = spec
-    if ctx.invoked_subcommand is None:
-        _runs_list(spec, as_json)
-
-
-@runs_app.command("list")
-def runs_list(ctx: typer.Context, spec: Optional[str] = RunSpecOption, as_json: bool = JsonOption) -> None:
-    """Every run with its kind, status, held-out figures, data version, duration and code version."""
-    _runs_list(spec or ctx.obj, as_json)
+runs_app, RunSpecOption = _listing_group(
+    "runs", "Training runs: list them (the default), show one, or compare two.",
+    lambda spec, as_json: _runs_list(spec, as_json),
+    "Every run with its kind, status, held-out figures, data version, duration and code version.")
 
 
 def _runs_list(spec: str, as_json: bool) -> None:

@@ -64,7 +64,7 @@ def _datetime_parts(values: Sequence[Any]) -> np.ndarray:
     return out
 
 
-def _category_text(value: Any) -> str | None:
+def category_text(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):
@@ -77,7 +77,7 @@ def _category_text(value: Any) -> str | None:
 def _texts(values: Sequence[Any]) -> np.ndarray:
     """Category text of each value (None for missing), as the per-value rule spells it."""
     out = np.empty(len(values), dtype=object)
-    out[:] = list(map(_category_text, values))
+    out[:] = list(map(category_text, values))
     return out
 
 
@@ -151,7 +151,7 @@ class FeaturePipeline:
         vocab = {}
         for name, kind in self.features.items():
             if kind == "categorical":
-                counts = Counter(t for t in map(_category_text, columns[name]) if t is not None)
+                counts = Counter(t for t in map(category_text, columns[name]) if t is not None)
                 vocab[name] = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:MAX_CATEGORIES]
         derived = dict(self.derived)
         for name, t in self.derived.items():
@@ -246,7 +246,7 @@ class FeaturePipeline:
             codes = self._codes.get(name, {})
             unknown = float(len(codes))
             col = np.fromiter(
-                (np.nan if t is None else codes.get(t, unknown) for t in map(_category_text, values)),
+                (np.nan if t is None else codes.get(t, unknown) for t in map(category_text, values)),
                 dtype=np.float64, count=n_rows)
             return col.reshape(-1, 1)
         return _datetime_parts(values)

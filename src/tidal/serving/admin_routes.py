@@ -53,19 +53,18 @@ def add_admin_routes(app: FastAPI, state: Any) -> None:
         require_token(request, env)
         return await asyncio.to_thread(q.drop, state.ws, batch_id, actor=body.actor or "http", reason=body.reason)
 
-    def registry() -> Registry:
-        return Registry(state.ws, approval_required_for=state.spec.registry.approval_required_for)
+    async def decide(request: Request, version: str, body: Decision, decision: str) -> dict[str, Any]:
+        require_token(request, env)
+        registry = Registry(state.ws, approval_required_for=state.spec.registry.approval_required_for)
+        act = registry.approve if decision == "approve" else registry.reject
+        return jsonable_encoder(await asyncio.to_thread(act, version, actor=body.actor or "http", reason=body.reason))
 
     @app.post("/v1/admin/models/{version}/approve", tags=["admin"],
               summary="Approve a model version for the stages the spec gates")
     async def model_approve(request: Request, version: str, body: Decision) -> dict[str, Any]:
-        require_token(request, env)
-        return jsonable_encoder(await asyncio.to_thread(registry().approve, version, actor=body.actor or "http",
-                                                        reason=body.reason))
+        return await decide(request, version, body, "approve")
 
     @app.post("/v1/admin/models/{version}/reject", tags=["admin"],
               summary="Reject a model version: no canary or production until approved again")
     async def model_reject(request: Request, version: str, body: Decision) -> dict[str, Any]:
-        require_token(request, env)
-        return jsonable_encoder(await asyncio.to_thread(registry().reject, version, actor=body.actor or "http",
-                                                        reason=body.reason))
+        return await decide(request, version, body, "reject")

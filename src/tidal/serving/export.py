@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tidal.errors import Problem, StateError
-from tidal.features.pipeline import FeaturePipeline, _category_text
+from tidal.features.pipeline import FeaturePipeline, category_text
 from tidal.registry.bundle import Bundle
 
 TOLERANCE = 1e-5  # largest accepted |onnx - native| on the score
@@ -71,7 +71,7 @@ def onnx_inputs(pipeline: FeaturePipeline, table: pa.Table) -> dict[str, np.ndar
     for name, kind in pipeline.features.items():
         col = table.column(name) if name in table.column_names else pa.nulls(n)
         if kind == "categorical":
-            texts = [_category_text(v) for v in col.to_pylist()]
+            texts = [category_text(v) for v in col.to_pylist()]
             feeds[name] = np.array(["" if t is None else t for t in texts], dtype=object)
         elif kind == "datetime":
             feeds[name] = _epoch_seconds(col)

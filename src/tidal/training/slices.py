@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from sklearn.metrics import roc_auc_score
 
+from tidal.features.pipeline import category_text
 from tidal.spec import Spec
 from tidal.training import costs as C
 
@@ -23,13 +24,9 @@ MAX_GROUPS = 20
 
 
 def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return MISSING
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    """A category's text as the feature pipeline reads it, or MISSING."""
+    text = category_text(value)
+    return MISSING if text is None else text
 
 
 def group_labels(table: pa.Table, name: str) -> np.ndarray:
