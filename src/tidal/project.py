@@ -56,7 +56,7 @@ class Project:
         if self.ws.store.production() is None:  # nothing to load (and LightGBM not worth importing yet)
             return None
         from tidal.errors import ModelNotFound
-        from tidal.features.lookups import with_joined_features
+        from tidal.features.history import with_joined_features
         from tidal.registry.bundle import guard_model
 
         try:
@@ -82,9 +82,9 @@ class Project:
 
     def open_online_store(self) -> Any:
         """The spec's online store of history features (the caller closes it)."""
-        from tidal.features.store import open_store
+        from tidal.features.online_history import open_history_store
 
-        return open_store(self.spec.online_store, feature_names=list(self.spec.history), use_case=self.spec.name)
+        return open_history_store(self.spec)
 
     def update_history(self, reports: list[Any], *, store: Any = None) -> int:
         """Recompute from the lake the online store rows of the entities these ingest reports' batches

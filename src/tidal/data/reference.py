@@ -4,7 +4,8 @@ Built from the ``events`` table (only accepted or released rows ever reach it) a
 version and cached in the workspace: a JSON profile (quantiles, bins, category shares,
 label mix, range bounds) and a Parquet sample of up to ``SAMPLE_ROWS`` rows used to
 measure the reference's own duplicate and outlier rates at a batch's size (the newest rows).
-Those rates are computed once per loaded reference (``Reference.own_rate``), not per batch check.
+Those rates are computed at most once per loaded reference (``Reference.own_rate``): a batch that
+is accepted changes the version, so ingestion measures them once per batch.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -270,8 +269,7 @@ class TargetEncoding:
 
 def _codes(texts: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
     """Each text's index among the distinct texts (sorted); None gets the last index, ``len(names)``."""
-    counts = Counter(t for t in texts if t is not None)
-    names = sorted(counts)
+    names = sorted({t for t in texts if t is not None})
     index = {c: i for i, c in enumerate(names)}
     missing = len(names)
     return np.fromiter((missing if t is None else index[t] for t in texts), dtype=np.intp, count=len(texts)), names

@@ -16,13 +16,15 @@ feature rows for all three, so they agree to the bit.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
-from tidal.features.lookups import TIME, UTC_US
+from tidal.errors import StateError
+from tidal.features.lookups import TIME, UTC_US, join_lookups
 from tidal.infra.lake import Lake
 from tidal.spec import HistoryFeature, Spec
 
@@ -133,3 +135,26 @@ def store_rows(rows: pl.DataFrame, spec: Spec) -> tuple[dict[str, dict[str, Any]
     values = {r[0]: dict(zip(names, r[1:])) for r in rows.select(ENTITY, *names).iter_rows()}
     times = dict(zip(rows[ENTITY].to_list(), rows[TIME].dt.epoch("us").to_list()))
     return values, times
+
+
+def with_joined_features(model: Any, spec: Spec, lake: Lake) -> Any:
+    """The poisoning guard's model (a dataclass with ``score(frame)``, see
+    :func:`tidal.registry.bundle.guard_model`) scoring each batch with its lookup and history
+    features joined point-in-time, as in training (history: each entity's events already in the
+    lake before the row). A lookup without data yet is left out rather than failing the batch.
+    ``model`` unchanged when the spec joins nothing."""
+    if model is None or not (spec.lookups or spec.history):
+        return model
+    score = model.score
+
+    def joined(frame: Any) -> Any:
+        table = frame.to_arrow()
+        if spec.history:
+            table = join_history(table, spec, read_events(lake, spec))
+        try:
+            table = join_lookups(table, spec, lake)
+        except StateError:
+            pass
+        return score(pl.from_arrow(table))
+
+    return replace(model, score=joined)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -99,28 +98,3 @@ def join_lookups(table: pa.Table, spec: Spec, lake: Lake,
                 out = out.append_column(feat, column)
     return out
 
-
-def with_joined_features(model: Any, spec: Spec, lake: Lake) -> Any:
-    """The poisoning guard's model (a :class:`tidal.registry.bundle.GuardModel`-like dataclass with
-    ``score(frame)``) scoring each batch with its lookup and history features joined point-in-time,
-    as in training (history: each entity's events already in the lake before the row). A lookup
-    without data yet is left out rather than failing the batch. ``model`` unchanged when the spec
-    joins nothing."""
-    if model is None or not (spec.lookups or spec.history):
-        return model
-    from dataclasses import replace
-
-    from tidal.features.history import join_history, read_events
-
-    score = model.score
-
-    def joined(frame: Any) -> Any:
-        table = frame.to_arrow()
-        if spec.history:
-            table = join_history(table, spec, read_events(lake, spec))
-        try:
-            return score(pl.from_arrow(join_lookups(table, spec, lake)))
-        except StateError:
-            return score(pl.from_arrow(table))
-
-    return replace(model, score=joined)

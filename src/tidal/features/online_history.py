@@ -24,9 +24,14 @@ from typing import Any
 import polars as pl
 
 from tidal.features.history import BATCH, ENTITY, latest_rows, missing_values, read_events, store_rows
-from tidal.features.store import OnlineStore
+from tidal.features.store import OnlineStore, open_store
 from tidal.infra.lake import Lake
 from tidal.spec import Spec
+
+
+def open_history_store(spec: Spec) -> OnlineStore:
+    """The spec's online store (``online_store``) of its history features; the caller closes it."""
+    return open_store(spec.online_store, feature_names=list(spec.history), use_case=spec.name)
 
 
 def materialize(store: OnlineStore, lake: Lake, spec: Spec, *, entities: Iterable[str] | None = None,

@@ -15,7 +15,6 @@ from tidal.errors import ApprovalRequired
 
 __all__ = ["ApprovalRequired", "GATED_STAGES", "check", "status"]
 
-DECISIONS = ("approved", "rejected")
 # stages where a version answers traffic, and so where approval can be asked for
 GATED_STAGES = ("canary", "production")
 

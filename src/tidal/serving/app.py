@@ -132,11 +132,9 @@ class ServerState:
         self.lookups = OnlineLookups(spec) if spec.lookups else None
         self.history = None  # the history features, from the online store (no I/O until sync_history)
         if spec.history:
-            from tidal.features.online_history import OnlineHistory
-            from tidal.features.store import open_store
+            from tidal.features.online_history import OnlineHistory, open_history_store
 
-            self.history = OnlineHistory(spec, open_store(spec.online_store, feature_names=list(spec.history),
-                                                          use_case=spec.name))
+            self.history = OnlineHistory(spec, open_history_store(spec))
 
     def sync_history(self) -> None:
         """Bring the online store up to the lake's newest events (a no-op without history features)."""

@@ -24,7 +24,7 @@ from fastapi.responses import Response
 
 from tidal.data.sources.base import digest
 from tidal.errors import PayloadTooLarge, RequestValidationError
-from tidal.features.lookups import with_joined_features
+from tidal.features.history import with_joined_features
 from tidal.registry.bundle import guard_model
 from tidal.serving.auth import require_bearer
 
@@ -120,7 +120,7 @@ def add_ingest_routes(app: FastAPI, state: Any) -> None:
             report = await asyncio.to_thread(ingest_frame, state.ws, state.spec, frame, batch_id=f"b-{sha[:16]}",
                                              source=name, content_sha256=sha, trust=config.trust,
                                              model=guard)
-        if getattr(state, "history", None) is not None and report.rows_accepted and not report.already_ingested:
+        if state.history is not None and report.rows_accepted and not report.already_ingested:
             try:  # the touched entities' history, recomputed from the lake, before the next request
                 await asyncio.to_thread(state.sync_history)
             except Exception:  # noqa: BLE001 - the batch is committed; the reload tick retries the store
