@@ -340,18 +340,9 @@ def python_transform(feature: str, function: str, inputs: Sequence[str], params:
 
 
 def from_definition(name: str, d: Any, plugins: Sequence[str] = ()) -> Derived:
-    """An unfitted transform from the spec's ``derived.NAME`` definition."""
-    if d.kind == "log":
-        return Log(d.column)
-    if d.kind == "clip":
-        return Clip(d.column, d.min, d.max)
-    if d.kind == "bucketize":
-        return Bucketize(d.column, tuple(d.bounds))
-    if d.kind == "ratio":
-        return Ratio(d.numerator, d.denominator)
-    if d.kind == "target_encoding":
-        return TargetEncoding(d.column, folds=d.folds, smoothing=d.smoothing)
-    return python_transform(name, d.function, d.inputs, d.params, plugins=plugins)
+    """An unfitted transform from the spec's ``derived.NAME`` definition (its JSON form without
+    the fitted state)."""
+    return from_state(name, d.model_dump(exclude={"description"}), plugins)
 
 
 def from_state(name: str, state: Mapping[str, Any], plugins: Sequence[str] = ()) -> Derived:
@@ -366,11 +357,11 @@ def from_state(name: str, state: Mapping[str, Any], plugins: Sequence[str] = ())
     if kind == "ratio":
         return Ratio(state["numerator"], state["denominator"])
     if kind == "target_encoding":
-        return TargetEncoding(state["column"], folds=state["folds"], smoothing=state["smoothing"],
-                              categories=tuple(state["categories"]), values=tuple(state["values"]),
-                              prior=state["prior"], missing=state["missing"])
-    if kind == "python":
-        return python_transform(name, state["function"], state["inputs"], state["params"], sha256=state["sha256"],
-                                plugins=plugins)
+        fitted = {k: tuple(state[k]) if k in ("categories", "values") else state[k]
+                  for k in ("categories", "values", "prior", "missing") if k in state}  # none in a definition
+        return TargetEncoding(state["column"], folds=state["folds"], smoothing=state["smoothing"], **fitted)
+    if kind == "python":  # a definition has no sha256 yet: the registered function's is taken
+        return python_transform(name, state["function"], state["inputs"], state["params"],
+                                sha256=state.get("sha256"), plugins=plugins)
     raise DataValidationError(f"unknown derived feature kind {kind!r} in the pipeline",
                               fix="load the model with the tidal version that wrote it")
