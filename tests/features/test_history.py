@@ -264,3 +264,27 @@ def test_ingest_keeps_a_redis_store_in_step(tmp_path):
             assert project.materialize() == 3
     finally:
         store.clear()
+
+
+def test_the_guard_scores_a_batch_with_its_history_as_of_the_lake(sqlite_workspace, spec):
+    """with_joined_features hands the guard's scorer each row's history from the events already in the lake,
+    exactly as join_history over the whole lake gives it (reading only the batch's entities' events)."""
+    from dataclasses import dataclass
+
+    from tidal.features.history import with_joined_features
+
+    ws = sqlite_workspace
+    _ingest(ws, spec, EVENTS, "first")
+    seen = []
+
+    @dataclass(frozen=True)
+    class Guard:
+        score: object
+
+    guard = with_joined_features(Guard(score=lambda frame: seen.append(frame)), spec, ws.lake)
+    batch = _table([("a", 60, 4.0), ("b", 30, 1.0), ("z", 10, 2.0), ("a", 2500, 9.0)])
+    guard.score(pl.from_arrow(batch))
+    expected = pl.from_arrow(join_history(batch, spec, read_events(ws.lake, spec)))
+    assert seen[0].select(list(spec.history)).equals(expected.select(list(spec.history)))
+    assert seen[0]["txn_1h"].to_list() == [_expected(spec, EVENTS, c, _t(m))["txn_1h"]
+                                           for c, m in (("a", 60), ("b", 30), ("z", 10), ("a", 2500))]

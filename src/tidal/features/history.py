@@ -149,8 +149,10 @@ def with_joined_features(model: Any, spec: Spec, lake: Lake) -> Any:
 
     def joined(frame: Any) -> Any:
         table = frame.to_arrow()
-        if spec.history:
-            table = join_history(table, spec, read_events(lake, spec))
+        if spec.history:  # only the batch's entities' events matter: an entity's rows see only its own
+            events = read_events(lake, spec)
+            mine = pl.from_arrow(table.column(spec.entity_key)).cast(pl.String).unique().drop_nulls()
+            table = join_history(table, spec, events.filter(pl.col(ENTITY).is_in(mine.implode())))
         try:
             table = join_lookups(table, spec, lake)
         except StateError:
