@@ -344,6 +344,7 @@ class Serving(_Model):
     port: int = Field(8000, gt=0, lt=65536, description="Port to bind.")
     log_buffer_size: int = Field(100_000, gt=0, description="Most predictions held in memory before the flush; more are dropped and counted.")
     flush_interval_s: float = Field(1.0, gt=0, description="Seconds between flushes of the prediction log to the lake.")
+    log_writer: Literal["process", "thread"] = Field("process", description="Who turns the prediction log into Arrow and commits it: a writer process beside the server (keeps that work off the event loop's interpreter lock) or a thread of the server.")
     reload_interval_s: float = Field(1.0, gt=0, description="Seconds between checks for a new production model.")
     admin_token_env: str = Field("TIDAL_ADMIN_TOKEN", description="Environment variable holding the bearer token of the admin routes (quarantine); unset disables them.")
     canary_share: float = Field(0.1, gt=0, lt=1, description="Share of traffic a canary version answers (sticky per entity key).")

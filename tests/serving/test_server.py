@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -163,16 +164,28 @@ def test_tampered_bundle_is_refused_and_changes_nothing(tmp_path):
     project.close()
 
 
-def test_graceful_shutdown_flushes_every_prediction(tmp_path):
-    project = make_project(tmp_path / "p", serving={"flush_interval_s": 600, "reload_interval_s": 0.2})
+def _writer_processes(pid: int) -> list[int]:
+    """The log writer processes among ``pid``'s children."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"tidal.infra.logwriter" in Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ")]
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_graceful_shutdown_flushes_every_prediction(tmp_path, writer):
+    project = make_project(tmp_path / "p", serving={"flush_interval_s": 600, "reload_interval_s": 0.2,
+                                                    "log_writer": writer})
     server = Server(project.spec_path, free_port())
     try:
         with httpx.Client(base_url=server.url) as c:
             for rec in telco_records(30):
                 assert c.post("/v1/predict", json=rec).status_code == 200
         assert project.ws.lake.read("predictions") is None  # nothing flushed yet
+        writers = _writer_processes(server.proc.pid)
+        assert len(writers) == (1 if writer == "process" else 0)  # the process starts with the server
     finally:
         server.stop()
     log = project.ws.lake.read("predictions")
     assert log is not None and log.num_rows == 30
+    assert all(not Path(f"/proc/{w}").exists() for w in writers)  # it stopped with the server
     project.close()

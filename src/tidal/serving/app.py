@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
 from tidal.features.online import OnlineLookups
 from tidal.features.pipeline import record_values
+from tidal.infra.logwriter import LocalSink, ProcessSink
 from tidal.infra.workspace import Workspace
 from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes
@@ -123,10 +124,12 @@ class ServerState:
         self.probation: set[int] = set()  # production versions swapped in while serving: watched for rollback
         self.shadow_queue: deque[tuple[list[dict[str, Any]], list[str], int]] = deque(maxlen=10_000)
         self.metrics = _Metrics()
+        # the logs' Arrow conversion and Delta commits: in a writer process unless the spec says a thread
+        self.log_sink = ProcessSink(ws.lake.root) if spec.serving.log_writer == "process" else LocalSink(ws.lake)
         self.predictions = LogBuffer(lake=ws.lake, table="predictions", schema=prediction_log_schema(spec),
-                                     capacity=spec.serving.log_buffer_size)
+                                     capacity=spec.serving.log_buffer_size, sink=self.log_sink)
         self.labels = LogBuffer(lake=ws.lake, table="labels", schema=LABEL_SCHEMA,
-                                capacity=spec.serving.log_buffer_size)
+                                capacity=spec.serving.log_buffer_size, sink=self.log_sink)
         self.logged_columns = [f.name for f in self.predictions.schema if not f.name.startswith("_")]
         self._scored_counters: dict[int, Any] = {}
         self.lookups = OnlineLookups(spec) if spec.lookups else None
@@ -323,6 +326,8 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        if isinstance(state.log_sink, ProcessSink):
+            state.log_sink.start()  # starts while the model loads (the process imports for about 0.3 s)
         try:
             await asyncio.to_thread(state.load_production)
         except TidalError:
@@ -346,6 +351,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(state.flush)  # graceful shutdown: nothing buffered is lost
+        await asyncio.to_thread(state.log_sink.close)
         if state.history is not None:
             state.history.store.close()
 

@@ -66,13 +66,39 @@ def compile_booster(booster: Any, *, inline: bool = False, one_block: bool = Fal
 
 
 def compile_exact(booster: Any) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The booster compiled for online serving (one block, one thread), or None when its scores on
-    :func:`edge_rows` are not exactly ``booster.predict``'s."""
+    """The booster compiled for online serving (one block; a matrix of :data:`SPLIT_ROWS` rows or
+    more is scored in two halves at once), or None when its scores on :func:`edge_rows` are not
+    exactly ``booster.predict``'s."""
     predict = compile_booster(booster, one_block=True, threads=1)
     X = edge_rows(booster)
     if not np.array_equal(predict(X), booster.predict(X, num_threads=1), equal_nan=True):
         return None
-    return predict
+    return _in_halves(predict)
+
+
+SPLIT_ROWS = 256  # from this many rows the online model scores two halves at once (a row's score is its own)
+
+
+def _in_halves(predict: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict``, with a large matrix's first half scored by a helper thread while the caller
+    scores the second (the compiled code releases the GIL): on two cores a 1,000-row request's
+    model time nearly halves. The helper thread is started once, at the first such matrix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    helper: list[ThreadPoolExecutor] = []
+
+    def scores(X: np.ndarray) -> np.ndarray:
+        if len(X) < SPLIT_ROWS:
+            return predict(X)
+        if not helper:
+            helper.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidal-score"))
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        half = len(X) // 2
+        first = helper[0].submit(predict, X[:half])
+        second = predict(X[half:])
+        return np.concatenate([first.result(), second])
+
+    return scores
 
 
 def edge_rows(booster: Any, *, rows: int = 4000, seed: int = 0) -> np.ndarray:

@@ -3,47 +3,38 @@
 Appending never waits: when the buffer is full the row is dropped and counted, so a slow
 disk can never stall predictions. :meth:`flush` writes everything buffered in one commit.
 
-Rows are kept as tuples in the schema's column order and turned into Arrow one column at a
-time at flush; a large request's rows come as one chunk of columns instead
-(:meth:`append_columns`: no tuple per row), which the flush turns into Arrow column by column
-too, in the order the rows came. The table stays open between flushes, so a commit reads the
-table's log once.
+Rows are kept as tuples in the schema's column order; a large request's rows come as one
+chunk of columns instead (:meth:`append_columns`: no tuple per row). A flush hands them, in
+the order they came, to a sink (:mod:`tidal.infra.logwriter`) that turns them into Arrow and
+commits: in the flushing thread (:class:`~tidal.infra.logwriter.LocalSink`, the default), or
+in a writer process (:class:`~tidal.infra.logwriter.ProcessSink`, the server's default), which
+keeps that work off the interpreter lock that the event loop needs.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from datetime import datetime, timedelta, timezone
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from tidal.infra.lake import Lake, TableWriter
-
-
-class _Chunk:
-    """Several rows as columns, in the schema's column order."""
-
-    __slots__ = ("columns", "n")
-
-    def __init__(self, columns: list[Sequence[Any]], n: int) -> None:
-        self.columns = columns
-        self.n = n
+from tidal.infra.lake import Lake
+from tidal.infra.logwriter import Chunk, LocalSink, to_arrow
 
 
 class LogBuffer:
-    def __init__(self, *, lake: Lake, table: str, schema: pa.Schema, capacity: int) -> None:
+    def __init__(self, *, lake: Lake, table: str, schema: pa.Schema, capacity: int, sink: Any = None) -> None:
         self.lake = lake
         self.table = table
         self.schema = schema
         self.capacity = capacity
+        self.sink = sink  # LocalSink(lake) when None (made at the first flush)
         self.columns = list(schema.names)
-        self._rows: deque[tuple[Any, ...] | _Chunk] = deque()
+        self._rows: deque[tuple[Any, ...] | Chunk] = deque()
         self._size = 0  # rows buffered (a chunk holds several)
         self._size_lock = threading.Lock()  # appends come from the event loop and from the flush thread
-        self._writer: TableWriter | None = None  # opened at the first flush
         self._lock = threading.Lock()  # serialises flushes; appends never take it (deque ops)
         self.dropped = 0
         self.written = 0
@@ -82,7 +73,7 @@ class LogBuffer:
             chunk.append(nulls if values is None else values if room == n else values[:room])
         with self._size_lock:
             self._size += room
-        self._rows.append(_Chunk(chunk, room))
+        self._rows.append(Chunk(chunk, room))
         self.dropped += n - room
         return room
 
@@ -94,80 +85,17 @@ class LogBuffer:
                 return 0
             batch = [self._rows.popleft() for _ in range(items)]
             try:
-                if self._writer is None:
-                    self._writer = self.lake.writer(self.table)
-                table = self.arrow(batch)
-                self._writer.append(table)
+                if self.sink is None:
+                    self.sink = LocalSink(self.lake)
+                written = self.sink.write(self.table, self.schema, batch)
             except BaseException:
                 self._rows.extendleft(reversed(batch))  # keep them for the next try
                 raise
             with self._size_lock:
-                self._size -= table.num_rows
-            self.written += table.num_rows
-            return table.num_rows
+                self._size -= written
+            self.written += written
+            return written
 
-    def arrow(self, rows: list[tuple[Any, ...] | _Chunk]) -> pa.Table:
-        """Buffered rows as an Arrow table of the buffer's schema, built column by column.
-
-        Runs beside the event loop, so it never holds the GIL for long: the columns are gathered
-        in Python loops (which hand the GIL over at the interpreter's switch interval) and each
-        ``pa.array`` call converts at most :data:`SLAB` values (as ``zip(*rows)`` or
-        ``from_pylist`` over the whole batch would not). Timestamps with a time zone go through
-        integers (:func:`_micros`): pyarrow asks each datetime for its UTC offset, a Python call a
-        value, which made the time column the longest hold of the GIL by far.
-        """
-        parts: list[list[tuple[Any, ...]] | _Chunk] = []  # runs of single rows, and chunks, in order
-        for item in rows:
-            if type(item) is _Chunk:
-                parts.append(item)
-            elif parts and type(parts[-1]) is list:
-                parts[-1].append(item)
-            else:
-                parts.append([item])
-        per_column: list[list[pa.Array]] = [[] for _ in self.schema]
-        for part in parts:
-            if type(part) is _Chunk:
-                for j, f in enumerate(self.schema):
-                    per_column[j] += _arrays(part.columns[j], f.type)
-                continue
-            for start in range(0, len(part), ROWS_A_SLAB):  # rows turned into columns in C, a slab at a time
-                for j, (values, f) in enumerate(zip(zip(*part[start:start + ROWS_A_SLAB]), self.schema)):
-                    per_column[j] += _arrays(values, f.type)
-        columns = [arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays) if arrays else pa.array([], type=f.type)
-                   for arrays, f in zip(per_column, self.schema)]
-        return pa.Table.from_arrays(columns, schema=self.schema)  # one array a column: the rows stay in order
-
-
-SLAB = 4096  # values converted to Arrow by one call (one hold of the GIL)
-ROWS_A_SLAB = 1024  # single rows transposed into columns at a time (zip(*rows): one hold of the GIL)
-_EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
-
-
-def _arrays(values: Sequence[Any], kind: pa.DataType) -> list[pa.Array]:
-    """``values`` as Arrow arrays of ``kind``, :data:`SLAB` values at a time."""
-    out = []
-    for start in range(0, len(values), SLAB):
-        slab = values[start:start + SLAB] if len(values) > SLAB else values
-        micros = _micros(slab) if pa.types.is_timestamp(kind) and kind.tz is not None and kind.unit == "us" else None
-        out.append(pa.array(slab, type=kind) if micros is None else pa.array(micros, type=pa.int64()).view(kind))
-    return out
-
-
-def _micros(values: Sequence[Any]) -> list[int | None] | None:
-    """Microseconds since the epoch (UTC) of each datetime with a time zone, as pyarrow counts them
-    (one subtraction per datetime object: a request's rows share one; an int is taken as already
-    microseconds); None if any value is something else (a naive datetime, text), which is left
-    to pyarrow."""
-    out: list[int | None] = []
-    seen: dict[int, int] = {}  # by identity: equal wall times in one zone may be different instants (fold)
-    for value in values:
-        if value is None or type(value) is int:  # an int is already microseconds since the epoch
-            out.append(value)
-            continue
-        micros = seen.get(id(value))
-        if micros is None:
-            if type(value) is not datetime or value.utcoffset() is None:
-                return None
-            micros = seen[id(value)] = (value - _EPOCH) // _MICROSECOND
-        out.append(micros)
-    return out
+    def arrow(self, rows: list[tuple[Any, ...] | Chunk]) -> pa.Table:
+        """Buffered rows as an Arrow table of the buffer's schema (what a sink commits)."""
+        return to_arrow(self.schema, rows)

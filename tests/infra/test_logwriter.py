@@ -1,0 +1,101 @@
+"""The writer process commits what the in-thread sink commits, and a failure loses nothing."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tidal.infra import logwriter
+from tidal.infra.lake import Lake
+from tidal.infra.logwriter import Chunk, LocalSink, ProcessSink, WriterFailed
+from tidal.serving.logbuffer import LogBuffer
+
+SCHEMA = pa.schema([pa.field("_id", pa.string()), pa.field("_ts", pa.timestamp("us", tz="UTC")),
+                    pa.field("x", pa.float64()), pa.field("ok", pa.bool_()), pa.field("n", pa.int64())])
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def _items() -> list:
+    now = datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=PARIS)  # an instant a zone's wall time cannot name alone
+    return [("a", 1_700_000_000_000_001, 1.5, True, 7),  # the server's own times: int microseconds
+            ("b", now, None, False, None),
+            ("c", datetime(2024, 1, 2, 3, 4, 5, 6), float("nan"), None, 2**40),  # naive: taken as UTC
+            Chunk([["d", "e", "f"], [now, datetime(2020, 1, 1), None], np.array([1.0, np.nan, -0.0]),
+                   (True, None, False), np.array([1, 2, 3])], 3),
+            ("g", datetime(1960, 1, 1, tzinfo=timezone.utc), 1e308, True, -1)]
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    """Rows with NaN as text, so that equal tables compare equal."""
+    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in table.to_pylist()]
+
+
+def test_the_writer_process_commits_exactly_what_the_in_thread_sink_commits(tmp_path):
+    local, remote = Lake(tmp_path / "a"), Lake(tmp_path / "b")
+    sink = ProcessSink(remote.root)
+    try:
+        assert LocalSink(local).write("labels", SCHEMA, _items()) == 7
+        assert sink.write("labels", SCHEMA, _items()) == 7
+        assert sink.write("labels", SCHEMA, _items()[:2]) == 2  # the schema is sent once per table
+    finally:
+        sink.close()
+    want = _rows(logwriter.to_arrow(SCHEMA, _items()))
+    assert _rows(local.read("labels")) == want
+    assert _rows(remote.read("labels", version=0)) == want  # one commit per write
+    assert remote.version("labels") == 1 and remote.read("labels").num_rows == 9
+    assert sink._proc is None
+
+
+def test_rows_in_several_slabs_keep_their_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(logwriter, "ROWS_A_SLAB", 3)
+    items = [(f"r{i}", i, float(i), i % 2 == 0, i) for i in range(10)]
+    items.insert(4, Chunk([["c0", "c1"], [100, 101], [0.5, 0.25], [True, False], [5, 6]], 2))
+    sink = ProcessSink(tmp_path)
+    try:
+        assert len(sink._frames(items)) == 5  # 3 + 1 rows, the chunk, 3 + 3 rows
+        assert sink.write("labels", SCHEMA, items) == 12
+    finally:
+        sink.close()
+    assert [r["_id"] for r in Lake(tmp_path).read("labels").to_pylist()] == \
+        ["r0", "r1", "r2", "r3", "c0", "c1", "r4", "r5", "r6", "r7", "r8", "r9"]
+
+
+def test_a_refused_batch_stays_in_the_buffer_and_the_lake_is_untouched(tmp_path):
+    sink = ProcessSink(tmp_path)
+    buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=SCHEMA, capacity=10, sink=sink)
+    try:
+        buf.append(("a", 1, 1.0, True, 1))
+        buf.append(("b", 2, "not a number", True, 2))
+        with pytest.raises(WriterFailed, match="refused the batch"):
+            buf.flush()
+        assert len(buf) == 2 and buf.written == 0
+        assert Lake(tmp_path).read("labels") is None
+        buf._rows.pop()  # the bad row mended: the same writer process takes the rest
+        buf._size -= 1
+        assert buf.flush() == 1
+    finally:
+        sink.close()
+    assert Lake(tmp_path).read("labels").column("_id").to_pylist() == ["a"]
+
+
+def test_a_dead_writer_process_is_replaced_and_nothing_is_lost(tmp_path):
+    sink = ProcessSink(tmp_path)
+    buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=SCHEMA, capacity=10, sink=sink)
+    try:
+        buf.append(("a", 1, 1.0, True, 1))
+        assert buf.flush() == 1
+        first = sink._proc
+        first.kill()
+        first.wait()
+        buf.append(("b", 2, 2.0, False, 2))
+        assert buf.flush() == 1  # restarted, and the schema sent again
+        assert sink._proc is not first and sink._proc.poll() is None
+    finally:
+        sink.close()
+    assert sorted(Lake(tmp_path).read("labels").column("_id").to_pylist()) == ["a", "b"]
