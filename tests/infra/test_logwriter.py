@@ -12,7 +12,7 @@ import pytest
 
 from tidal.infra import logwriter
 from tidal.infra.lake import Lake
-from tidal.infra.logwriter import Chunk, LocalSink, ProcessSink, WriterFailed
+from tidal.infra.logwriter import Chunk, LocalSink, NullableFloats, ProcessSink, WriterFailed
 from tidal.serving.logbuffer import LogBuffer
 
 SCHEMA = pa.schema([pa.field("_id", pa.string()), pa.field("_ts", pa.timestamp("us", tz="UTC")),
@@ -27,6 +27,7 @@ def _items() -> list:
             ("c", datetime(2024, 1, 2, 3, 4, 5, 6), float("nan"), None, 2**40),  # naive: taken as UTC
             Chunk([["d", "e", "f"], [now, datetime(2020, 1, 1), None], np.array([1.0, np.nan, -0.0]),
                    (True, None, False), np.array([1, 2, 3])], 3),
+            Chunk([("h", "i"), (5, 6), NullableFloats(np.array([np.nan, 2.5])), (None, True), (0, 1)], 2),
             ("g", datetime(1960, 1, 1, tzinfo=timezone.utc), 1e308, True, -1)]
 
 
@@ -40,15 +41,17 @@ def test_the_writer_process_commits_exactly_what_the_in_thread_sink_commits(tmp_
     local, remote = Lake(tmp_path / "a"), Lake(tmp_path / "b")
     sink = ProcessSink(remote.root)
     try:
-        assert LocalSink(local).write("labels", SCHEMA, _items()) == 7
-        assert sink.write("labels", SCHEMA, _items()) == 7
+        assert LocalSink(local).write("labels", SCHEMA, _items()) == 9
+        assert sink.write("labels", SCHEMA, _items()) == 9
         assert sink.write("labels", SCHEMA, _items()[:2]) == 2  # the schema is sent once per table
     finally:
         sink.close()
     want = _rows(logwriter.to_arrow(SCHEMA, _items()))
+    assert [r["x"] for r in want] == [1.5, None, "NaN", 1.0, "NaN", -0.0, None, 2.5, 1e308]  # NaN stays NaN
+    # but for a column of NullableFloats, where NaN means missing
     assert _rows(local.read("labels")) == want
     assert _rows(remote.read("labels", version=0)) == want  # one commit per write
-    assert remote.version("labels") == 1 and remote.read("labels").num_rows == 9
+    assert remote.version("labels") == 1 and remote.read("labels").num_rows == 11
     assert sink._proc is None
 
 

@@ -128,16 +128,20 @@ def test_the_log_rows_are_the_same_by_either_path(served_in_process, monkeypatch
     preds, _, decisions = predictor.outputs(scores)
     ids, at = prediction_ids(len(recs)), datetime(2024, 1, 2, tzinfo=timezone.utc)
     columns = RecordColumns.from_records(recs, list(recs[0]))
+    numbers = (predictor.matrix(columns), predictor.bundle.pipeline.numeric_positions)
+    assert {"tenure", "MonthlyCharges", "TotalCharges"} <= set(numbers[1])
     tables = []
-    for given, columns_from in ((recs, 32), (columns, 32), (recs, 10_000)):
+    for given, columns_from, matrix in ((recs, 32, None), (columns, 32, None), (recs, 10_000, None),
+                                        (columns, 32, numbers)):  # numeric features from the matrix
         monkeypatch.setattr(app_module, "COLUMNS_FROM", columns_from)
         state.predictions._rows.clear()
-        state._log(given, ids, at, 7, scores, preds, decisions, shadow=True)
+        state._log(given, ids, at, 7, scores, preds, decisions, shadow=True, numbers=matrix)
         tables.append(state.predictions.arrow(list(state.predictions._rows)))
     state.predictions._rows.clear()
     state.predictions._size = 0
-    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    assert all(tables[0].equals(t) for t in tables[1:])
     assert tables[0].num_rows == 40 and tables[0].column("_shadow").to_pylist() == [True] * 40
+    assert tables[0].column("TotalCharges")[3].as_py() is None  # missing: null, not NaN, by every path
 
 
 def test_columns_score_as_records(served_in_process):

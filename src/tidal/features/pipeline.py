@@ -173,6 +173,11 @@ class FeaturePipeline:
         return out
 
     @property
+    def numeric_positions(self) -> dict[str, int]:
+        """Each numeric feature's column in the matrix: its values as given (NaN where missing)."""
+        return {name: self._positions[name] for name, kind in self.features.items() if kind == "numeric"}
+
+    @property
     def output_names(self) -> list[str]:
         names = []
         for name, kind in self.features.items():

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
 from tidal.features.online import OnlineLookups
 from tidal.features.pipeline import record_values
-from tidal.infra.logwriter import LocalSink, ProcessSink
+from tidal.infra.logwriter import LocalSink, NullableFloats, ProcessSink
 from tidal.infra.workspace import Workspace
 from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes
@@ -243,7 +243,8 @@ class ServerState:
             self.history.fill(records)
         started = time.perf_counter()
         try:
-            scores = predictor.scores(records)
+            X = predictor.matrix(records)
+            scores = predictor.predict(X)
             preds, probs, decisions = predictor.outputs(scores)
         except Exception:
             self.live.record(predictor.version, time.perf_counter() - started, False)
@@ -256,16 +257,24 @@ class ServerState:
         ids = prediction_ids(len(records))
         out = [{"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec}
                for pid, pred, prob, dec in zip(ids, preds, probs, decisions)]
-        self._log(records, ids, now, version, scores, preds, decisions, shadow=False)
+        self._log(records, ids, now, version, scores, preds, decisions, shadow=False,
+                  numbers=(X, predictor.bundle.pipeline.numeric_positions))
         if deployment.shadow is not None:  # scored later, off the hot path
             self.shadow_queue.append((records, ids, now))
         self._scored(version).inc(len(records))
         return version, out
 
     def _log(self, records: list[dict[str, Any]] | RecordColumns, ids: list[str], at: int, version: int,
-             scores: np.ndarray, preds: list[Any], decisions: list[Any], *, shadow: bool) -> None:
+             scores: np.ndarray, preds: list[Any], decisions: list[Any], *, shadow: bool,
+             numbers: tuple[np.ndarray, dict[str, int]] | None = None) -> None:
         """Append one request's rows to the prediction log: a tuple a row, or one chunk of columns for
-        a large request (the same values; no tuple per row)."""
+        a large request (the same values; no tuple per row).
+
+        ``numbers`` (the model's matrix, each numeric feature's column in it) lets a large request
+        decoded column-wise log its numeric features from the matrix (the values as given, NaN
+        where missing, which JSON cannot send otherwise): arrays, where Python floats in tuples
+        would stay alive until the flush, for the garbage collector to walk one by one.
+        """
         n = len(ids)
         if n < COLUMNS_FROM:
             append = self.predictions.append
@@ -273,11 +282,16 @@ class ServerState:
                                                      decisions, scores.tolist()):
                 append((pid, at, version, score, str(pred), str(dec), shadow, *values))
             return
-        batch = RecordColumns.from_records(records, self.logged_columns)
-        self.predictions.append_columns({
-            "_id": ids, "_ts": [at] * n, "_version": [version] * n, "_score": scores,
-            "_prediction": list(map(str, preds)), "_decision": list(map(str, decisions)), "_shadow": [shadow] * n,
-            **batch.columns}, n)
+        from_matrix = numbers[1] if numbers is not None and isinstance(records, RecordColumns) else {}
+        columns: dict[str, Any] = {name: NullableFloats(numbers[0][:, from_matrix[name]])  # type: ignore[index]
+                                   for name in self.logged_columns if name in from_matrix}
+        if len(columns) < len(self.logged_columns):
+            batch = RecordColumns.from_records(records, [c for c in self.logged_columns if c not in columns])
+            columns.update(batch.columns)
+        self.predictions.append_columns({  # tuples: the collector stops walking them after one look
+            "_id": tuple(ids), "_ts": (at,) * n, "_version": (version,) * n, "_score": scores,
+            "_prediction": tuple(map(str, preds)), "_decision": tuple(map(str, decisions)), "_shadow": (shadow,) * n,
+            **columns}, n)
 
     def _scored(self, version: int) -> Any:
         """The rows-scored counter of ``version`` (label lookups cached: they cost a lock each)."""

@@ -59,46 +59,70 @@ def compile_booster(booster: Any, *, inline: bool = False, one_block: bool = Fal
         else:
             model.compile(finline=inline)
 
-    def predict(X: np.ndarray) -> np.ndarray:
-        return model.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=threads)
+    return _scorer(model, threads=threads)
 
+
+def _scorer(model: Any, *, threads: int, split_from: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """A function scoring a matrix with the compiled ``model``: its rows split between ``threads``
+    threads (the caller's and a pool started at first use) from ``split_from`` rows.
+
+    It calls the compiled entry point (``forest_root(data, out, first_row, end_row)``) itself,
+    where ``lleaves.Model.predict`` would start a new thread pool each call and leave a reference
+    cycle per call (NumPy's ``ctypes.data_as``): freed only by the garbage collector, dozens of
+    matrices at a time, which made a collection during a request take 10-20 ms.
+    """
+    import ctypes
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        address = model._execution_engine.get_function_address("forest_root")
+        outputs, width = int(model._n_classes), int(model.num_feature())
+        fp64 = bool(model.use_fp64)
+    except AttributeError:  # another lleaves version: its own predict (same numbers)
+        return lambda X: model.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=threads)
+    if not address or not fp64:
+        raise RuntimeError("the compiled model has no float64 entry point")
+    entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)(address)
+    pool: list[ThreadPoolExecutor] = []
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != width:  # the code reads width values a row: never past the matrix
+            raise ValueError(f"the matrix must have {width} columns, not {X.shape[1:] or 'one dimension'}")
+        n = len(X)
+        if n >= 2**31 - 1:
+            raise ValueError("score at most 2**31 - 2 rows at a time")
+        out = np.zeros(n if outputs == 1 else (n, outputs))
+        data, result = X.__array_interface__["data"][0], out.__array_interface__["data"][0]
+        if threads <= 1 or n < max(split_from, 2):
+            entry(data, result, 0, n)  # ctypes releases the GIL for the call
+            return out
+        if not pool:
+            pool.append(ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="tidal-score"))
+        step = -(-n // threads)
+        others = [pool[0].submit(entry, data, result, start, min(start + step, n)) for start in range(step, n, step)]
+        entry(data, result, 0, step)
+        for other in others:
+            other.result()
+        return out
+
+    predict.model = model  # type: ignore[attr-defined]  # the compiled code lives as long as the model
     return predict
 
 
 def compile_exact(booster: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     """The booster compiled for online serving (one block; a matrix of :data:`SPLIT_ROWS` rows or
-    more is scored in two halves at once), or None when its scores on :func:`edge_rows` are not
-    exactly ``booster.predict``'s."""
+    more is scored in two halves at once, a row's score being its own), or None when its scores
+    on :func:`edge_rows` are not exactly ``booster.predict``'s."""
     predict = compile_booster(booster, one_block=True, threads=1)
     X = edge_rows(booster)
     if not np.array_equal(predict(X), booster.predict(X, num_threads=1), equal_nan=True):
         return None
-    return _in_halves(predict)
+    model = getattr(predict, "model", None)
+    return predict if model is None else _scorer(model, threads=2, split_from=SPLIT_ROWS)
 
 
-SPLIT_ROWS = 256  # from this many rows the online model scores two halves at once (a row's score is its own)
-
-
-def _in_halves(predict: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict``, with a large matrix's first half scored by a helper thread while the caller
-    scores the second (the compiled code releases the GIL): on two cores a 1,000-row request's
-    model time nearly halves. The helper thread is started once, at the first such matrix."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    helper: list[ThreadPoolExecutor] = []
-
-    def scores(X: np.ndarray) -> np.ndarray:
-        if len(X) < SPLIT_ROWS:
-            return predict(X)
-        if not helper:
-            helper.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidal-score"))
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        half = len(X) // 2
-        first = helper[0].submit(predict, X[:half])
-        second = predict(X[half:])
-        return np.concatenate([first.result(), second])
-
-    return scores
+SPLIT_ROWS = 256  # from this many rows the online model scores two halves at once (two cores)
 
 
 def edge_rows(booster: Any, *, rows: int = 4000, seed: int = 0) -> np.ndarray:

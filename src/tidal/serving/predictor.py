@@ -52,11 +52,13 @@ class Predictor:
 
     def scores(self, records: Sequence[Mapping[str, Any]] | RecordColumns) -> np.ndarray:
         """The model's score of each record (a list of records, or a large request's columns)."""
+        return self.predict(self.matrix(records))
+
+    def matrix(self, records: Sequence[Mapping[str, Any]] | RecordColumns) -> np.ndarray:
+        """The records' feature matrix, as the model reads it."""
         if isinstance(records, RecordColumns):
-            X = self._pipeline.transform(records.columns, n_rows=len(records))
-        else:
-            X = self._pipeline.transform_records(records)
-        return self.predict(X)
+            return self._pipeline.transform(records.columns, n_rows=len(records))
+        return self._pipeline.transform_records(records)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """``Booster.predict(X)``'s numbers, by the fastest engine ready for a matrix of this size."""
