@@ -14,6 +14,7 @@ arrays: the numeric columns already built and the categorical values' text.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import operator
@@ -284,6 +285,24 @@ class FeaturePipeline:
             for j, col in enumerate(columns, start=self._width):
                 X[:, j] = col
         return X
+
+    def transform_rows(self, names: Sequence[str], rows: Sequence[Sequence[Any]],
+                       columns: Callable[[], Mapping[str, Sequence[Any]]]) -> np.ndarray:
+        """A large request's records, as rows of values in ``names``' order, into :meth:`transform`'s matrix.
+
+        When the rows hold exactly the number features, in the model's order (a numeric model's
+        request), they are read in one pass (``np.fromiter``: the same per-value conversion as
+        :meth:`transform`'s, with no column built first). Otherwise each feature's values come
+        from ``columns()`` (the rows transposed) through :meth:`transform`'s rules.
+        """
+        n_rows = len(rows)
+        if list(names) == self._numbers and not self._others and not self.derived and self._numbers:
+            try:
+                return np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
+                                   count=n_rows * len(names)).reshape(n_rows, len(names))
+            except (TypeError, ValueError):  # a value that is not a number: transform() names its feature
+                pass
+        return self.transform(columns(), n_rows=n_rows)
 
     def transform_arrow(self, table: Any) -> np.ndarray:
         """The offline path: an Arrow table to the same matrix as :meth:`transform`.

@@ -56,6 +56,8 @@ class Predictor:
 
     def matrix(self, records: Sequence[Mapping[str, Any]] | RecordColumns) -> np.ndarray:
         """The records' feature matrix, as the model reads it."""
+        if isinstance(records, RecordColumns) and records.rows is not None:
+            return self._pipeline.transform_rows(records.names, records.rows, lambda: records.columns)
         if isinstance(records, RecordColumns):
             return self._pipeline.transform(records.columns, n_rows=len(records))
         return self._pipeline.transform_records(records)

@@ -92,7 +92,7 @@ def record_decoder(model: type[BaseModel], *, columns_from: int | None = None,
                 if columns_from is not None and len(structs) >= max(columns_from, 1):
                     batch = RecordColumns.from_rows(names, [as_tuple(r) for r in structs])
                     for name in datetimes:
-                        batch.columns[name] = [None if v is None else to_datetime(v) for v in batch.columns[name]]
+                        batch.replace(name, [None if v is None else to_datetime(v) for v in batch.column(name)])
                     return batch
                 records = [as_dict(r) for r in structs]
             else:
