@@ -7,7 +7,7 @@ through the server's ASGI hot path (body in, response bytes out, validation and 
 on) and each stage of it:
 
 - decode + validation: body bytes -> validated records (msgspec; column-wise from 32 records)
-- features: ``FeaturePipeline.transform`` over the columns (``transform_records`` for fewer)
+- features: ``Predictor.matrix`` (``transform_rows`` over a large request's rows, ``transform_records`` for fewer)
 - predict: ``Predictor.predict`` (the compiled model, compiled first unless ``--native``)
 - outputs: scores -> prediction, probability and decision (``DecisionRule.lists``)
 - ids + prediction log: the prediction ids and the request's rows appended to the log buffer
@@ -173,18 +173,13 @@ def stage_calls(app: Any, state: Any, predictor: Any, body: bytes) -> dict[str, 
     import orjson
 
     from tidal.serving.app import COLUMNS_FROM, prediction_ids
-    from tidal.serving.columns import RecordColumns
     from tidal.serving.schema import record_decoder, record_model
 
     decode = record_decoder(record_model(state.spec), columns_from=COLUMNS_FROM)
     records = decode(body)
-    pipeline = predictor.bundle.pipeline
-    if isinstance(records, RecordColumns):
-        def features() -> Any:
-            return pipeline.transform(records.columns, n_rows=len(records))
-    else:
-        def features() -> Any:
-            return pipeline.transform_records(records)
+    def features() -> Any:  # the server's path: rows read in one pass for a numeric model, else the columns
+        return predictor.matrix(records)
+
     X = features()
     scores = predictor.predict(X)
     preds, probs, decisions = predictor.outputs(scores)
@@ -192,7 +187,8 @@ def stage_calls(app: Any, state: Any, predictor: Any, body: bytes) -> dict[str, 
 
     def log_rows() -> list[str]:
         ids = prediction_ids(len(records))
-        state._log(records, ids, now, predictor.version, scores, preds, decisions, shadow=False)
+        state._log(records, ids, now, predictor.version, scores, preds, decisions, shadow=False,
+                   numbers=(X, predictor.bundle.pipeline.numeric_positions))
         return ids
 
     ids = log_rows()
