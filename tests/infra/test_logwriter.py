@@ -102,3 +102,15 @@ def test_a_dead_writer_process_is_replaced_and_nothing_is_lost(tmp_path):
     finally:
         sink.close()
     assert sorted(Lake(tmp_path).read("labels").column("_id").to_pylist()) == ["a", "b"]
+
+
+def test_a_writer_process_that_cannot_start_leaves_the_batch_to_this_process(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(logwriter.sys, "executable", str(tmp_path / "no-such-python"))
+    sink = ProcessSink(tmp_path)
+    buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=SCHEMA, capacity=10, sink=sink)
+    buf.append(("a", 1, 1.0, True, 1))
+    with caplog.at_level("WARNING", logger="tidal.serving"):
+        assert buf.flush() == 1
+    assert "failed twice" in caplog.text and sink._proc is None
+    assert Lake(tmp_path).read("labels").column("_id").to_pylist() == ["a"]
+    sink.close()

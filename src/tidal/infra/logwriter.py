@@ -21,6 +21,7 @@ or ``{"error"}``. The writer exits when its input closes (the server stopped or 
 
 from __future__ import annotations
 
+import logging
 import struct
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from typing import Any, BinaryIO
 import msgspec
 import numpy as np
 import pyarrow as pa
+
+log = logging.getLogger("tidal.serving")
 
 SLAB = 4096  # values converted to Arrow by one call (one hold of the GIL)
 ROWS_A_SLAB = 1024  # single rows transposed into columns (or packed for the writer process) at a time
@@ -162,7 +165,8 @@ class WriterFailed(RuntimeError):
 
 class ProcessSink:
     """Hands batches to a writer process over pipes (started at the first write, restarted once
-    when it has died); thread-safe."""
+    when it has died; when it cannot be kept running the batch is written in the calling thread,
+    as :class:`LocalSink` would); thread-safe."""
 
     def __init__(self, lake_root: str | Path) -> None:
         self.lake_root = str(lake_root)
@@ -170,6 +174,7 @@ class ProcessSink:
         self._schemas_sent: set[str] = set()
         self._lock = threading.Lock()
         self._encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+        self._local: LocalSink | None = None  # the fallback when the process cannot be kept running
 
     def start(self) -> None:
         """Start the writer process now (otherwise the first write does)."""
@@ -185,26 +190,36 @@ class ProcessSink:
 
     def write(self, table: str, schema: pa.Schema, items: Sequence[Any]) -> int:
         """Append ``items`` to ``table`` in one commit, by the writer process; the rows written.
-        Raises :class:`WriterFailed` when the writer refuses them or dies (they were not committed,
-        unless it died between its commit and its answer)."""
+        Raises :class:`WriterFailed` when the writer refuses them (they were not committed). A writer
+        that dies is restarted once; if it dies again (or cannot start) the batch is written here
+        (if it died between its commit and its answer, those rows are in the lake twice)."""
         frames = self._frames(items)
         with self._lock:
             for attempt in (1, 2):
-                proc = self._ensure()
-                header = {"table": table, "parts": len(frames),
-                          "schema": None if table in self._schemas_sent else schema.serialize().to_pybytes()}
+                proc = None
                 try:
+                    proc = self._ensure()
+                    header = {"table": table, "parts": len(frames),
+                              "schema": None if table in self._schemas_sent else schema.serialize().to_pybytes()}
                     assert proc.stdin is not None and proc.stdout is not None
                     _send(proc.stdin, self._encoder.encode(header))
                     for frame in frames:
                         _send(proc.stdin, frame)
                     proc.stdin.flush()
                     reply = msgspec.msgpack.decode(_receive(proc.stdout))
-                except (BrokenPipeError, EOFError, OSError):
-                    self._stop(proc)
-                    if attempt == 2:
-                        raise WriterFailed("the prediction-log writer process stopped") from None
-                    continue
+                except (BrokenPipeError, EOFError, OSError) as exc:
+                    if proc is not None:
+                        self._stop(proc)
+                    if attempt == 1:
+                        continue
+                    # twice: the process cannot start or keeps dying; this batch is written here
+                    log.warning("the log writer process failed twice (%s: %s); writing %s in this process",
+                                type(exc).__name__, exc, table)
+                    if self._local is None:
+                        from tidal.infra.lake import Lake
+
+                        self._local = LocalSink(Lake(self.lake_root))
+                    return self._local.write(table, schema, items)
                 if "error" in reply:
                     raise WriterFailed(f"the prediction-log writer refused the batch: {reply['error']}")
                 self._schemas_sent.add(table)
