@@ -114,3 +114,19 @@ def test_a_writer_process_that_cannot_start_leaves_the_batch_to_this_process(tmp
     assert "failed twice" in caplog.text and sink._proc is None
     assert Lake(tmp_path).read("labels").column("_id").to_pylist() == ["a"]
     sink.close()
+
+
+def test_a_value_msgpack_cannot_carry_meets_the_same_rules_as_in_this_process(tmp_path, caplog):
+    too_big = [("a", 1, 2**70, True, 1)]  # msgpack cannot carry the int; pyarrow refuses it too
+    with pytest.raises(pa.ArrowInvalid) as local:
+        LocalSink(Lake(tmp_path / "a")).write("labels", SCHEMA, too_big)
+    sink = ProcessSink(tmp_path / "b")
+    try:
+        with caplog.at_level("WARNING", logger="tidal.serving"), pytest.raises(pa.ArrowInvalid) as remote:
+            sink.write("labels", SCHEMA, too_big)
+        assert str(remote.value) == str(local.value) and "cannot be sent to the log writer" in caplog.text
+        assert Lake(tmp_path / "b").read("labels") is None
+        assert sink.write("labels", SCHEMA, [("b", 1, np.float32(2.5), True, 1)]) == 1  # NumPy scalars travel
+    finally:
+        sink.close()
+    assert Lake(tmp_path / "b").read("labels").column("x").to_pylist() == [2.5]

@@ -193,7 +193,11 @@ class ProcessSink:
         Raises :class:`WriterFailed` when the writer refuses them (they were not committed). A writer
         that dies is restarted once; if it dies again (or cannot start) the batch is written here
         (if it died between its commit and its answer, those rows are in the lake twice)."""
-        frames = self._frames(items)
+        try:
+            frames = self._frames(items)
+        except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: pyarrow may still take it here
+            log.warning("a %s batch cannot be sent to the log writer (%s); writing it in this process", table, exc)
+            return self._fallback().write(table, schema, items)
         with self._lock:
             for attempt in (1, 2):
                 proc = None
@@ -215,16 +219,19 @@ class ProcessSink:
                     # twice: the process cannot start or keeps dying; this batch is written here
                     log.warning("the log writer process failed twice (%s: %s); writing %s in this process",
                                 type(exc).__name__, exc, table)
-                    if self._local is None:
-                        from tidal.infra.lake import Lake
-
-                        self._local = LocalSink(Lake(self.lake_root))
-                    return self._local.write(table, schema, items)
+                    return self._fallback().write(table, schema, items)
                 if "error" in reply:
                     raise WriterFailed(f"the prediction-log writer refused the batch: {reply['error']}")
                 self._schemas_sent.add(table)
                 return int(reply["rows"])
         raise AssertionError("unreachable")
+
+    def _fallback(self) -> LocalSink:
+        if self._local is None:
+            from tidal.infra.lake import Lake
+
+            self._local = LocalSink(Lake(self.lake_root))
+        return self._local
 
     def _frames(self, items: Sequence[Any]) -> list[bytes]:
         """The batch's parts, packed: runs of single rows :data:`ROWS_A_SLAB` at a time, a chunk whole.
