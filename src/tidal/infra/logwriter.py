@@ -237,8 +237,9 @@ class ProcessSink:
         """The batch's parts, packed: runs of single rows :data:`ROWS_A_SLAB` at a time, a chunk whole.
 
         After each part the thread offers the GIL (``time.sleep(0)``): a request waiting for it
-        runs at once instead of after the interpreter's switch interval (5 ms), so a flush of
-        many parts never stalls the event loop for longer than one part's packing.
+        runs at once instead of after the interpreter's switch interval (0.5 ms in the server,
+        5 ms by default), so a flush of many parts never stalls the event loop for longer than
+        one part's packing.
         """
         frames: list[bytes] = []
         run: list[Any] = []

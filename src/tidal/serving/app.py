@@ -222,10 +222,12 @@ class ServerState:
         self.load_production()
         self.watchdog()
 
-    def score(self, records: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    def score(self, records: list[dict[str, Any]], *, after: "AfterAnswer | None" = None
+              ) -> tuple[int, list[dict[str, Any]]]:
         """Score validated records with the model in service and log each prediction.
 
-        Every protocol (tidal's /v1, OIP v2, MLflow's /invocations) comes through here.
+        Every protocol (tidal's /v1, OIP v2, MLflow's /invocations) comes through here. With
+        ``after``, the log's append waits there until the answer is sent (the hot route).
         """
         deployment = self.deployment  # read once: a swap mid-request cannot mix two models
         key = records[0].get(self.spec.entity_key) if self.spec.entity_key else None
@@ -257,8 +259,12 @@ class ServerState:
         ids = prediction_ids(len(records))
         out = [{"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec}
                for pid, pred, prob, dec in zip(ids, preds, probs, decisions)]
-        self._log(records, ids, now, version, scores, preds, decisions, shadow=False,
-                  numbers=(X, predictor.bundle.pipeline.numeric_positions))
+        numbers = (X, predictor.bundle.pipeline.numeric_positions)
+        if after is None:
+            self._log(records, ids, now, version, scores, preds, decisions, shadow=False, numbers=numbers)
+        else:
+            after.tasks.append(lambda: self._log(records, ids, now, version, scores, preds, decisions, shadow=False,
+                                                 numbers=numbers))
         if deployment.shadow is not None:  # scored later, off the hot path
             self.shadow_queue.append((records, ids, now))
         self._scored(version).inc(len(records))
@@ -422,7 +428,9 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             records = [r.__dict__ for r in _parse(body, one_record, many_records, "record")]
         return records
 
-    def predict_bytes(body: bytes) -> bytes:
+    def predict_bytes(body: bytes, after: AfterAnswer | None = None) -> bytes:
+        """The answer to a POST /v1/predict body. With ``after`` (the hot route), the prediction log's
+        append, freeing the request's objects and resuming the collector wait until it is sent."""
         started = time.perf_counter()
         # a large request allocates thousands of short-lived containers (a tuple a decoded record, a
         # dict an answer), enough to run the cyclic collector several times over while they are alive
@@ -432,11 +440,17 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         if pause:
             gc.disable()
         try:
-            version, out = state.score(records_of(body))
+            records = records_of(body)
+            version, out = state.score(records, after=after)
             state.metrics.latency.observe(time.perf_counter() - started)
-            return orjson.dumps({"model_version": version, "predictions": out})
+            payload = orjson.dumps({"model_version": version, "predictions": out})
+            if after is not None:
+                after.keep += (records, out)
+            return payload
         finally:
-            if pause:
+            if pause and after is not None:
+                after.resume_gc = True
+            elif pause:
                 gc.enable()
 
     app.hot_predict = _hot_route(predict_bytes, state.metrics.requests)
@@ -508,6 +522,31 @@ class _TidalAPI(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+class AfterAnswer:
+    """What a request leaves until its answer is sent: the prediction log's append, freeing its
+    objects (a 1,000-row request's take about 0.2 ms) and resuming the garbage collector.
+    The client has its answer that much sooner; the work is the same."""
+
+    __slots__ = ("keep", "resume_gc", "tasks")
+
+    def __init__(self) -> None:
+        self.tasks: list[Any] = []
+        self.keep: list[Any] = []
+        self.resume_gc = False
+
+    def run(self) -> None:
+        try:
+            for task in self.tasks:
+                task()
+        except Exception:  # noqa: BLE001 - the answer is sent: the failure goes to the log
+            log.exception("after answering: a prediction log append failed")
+        finally:
+            self.tasks.clear()
+            self.keep.clear()
+            if self.resume_gc:
+                gc.enable()
+
+
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _INTERNAL_ERROR = orjson.dumps({"error": {"code": "internal_error", "message": "internal error; see the server log"}})
 
@@ -527,16 +566,20 @@ def _hot_route(handle: Any, counter: Counter) -> Any:
             if not message.get("more_body"):
                 break
         unexpected = None
+        after = AfterAnswer()
         try:
-            status, payload = 200, handle(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        except TidalError as exc:
-            status, payload = exc.status_code, orjson.dumps(exc.to_body())
-        except Exception as exc:  # noqa: BLE001 - answered like the app's handler, then re-raised like Starlette
-            log.error("unhandled error", exc_info=exc)
-            status, payload, unexpected = 500, _INTERNAL_ERROR, exc
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS]})
-        await send({"type": "http.response.body", "body": payload})
+            try:
+                status, payload = 200, handle(chunks[0] if len(chunks) == 1 else b"".join(chunks), after)
+            except TidalError as exc:
+                status, payload = exc.status_code, orjson.dumps(exc.to_body())
+            except Exception as exc:  # noqa: BLE001 - answered like the app's handler, then re-raised like Starlette
+                log.error("unhandled error", exc_info=exc)
+                status, payload, unexpected = 500, _INTERNAL_ERROR, exc
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS]})
+            await send({"type": "http.response.body", "body": payload})
+        finally:
+            after.run()
         child = counted.get(status)
         if child is None:
             child = counted[status] = counter.labels("/v1/predict", str(status))

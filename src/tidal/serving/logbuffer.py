@@ -110,7 +110,8 @@ def _release(batch: list[Any]) -> None:
     """Free written rows a slab at a time, offering the GIL between slabs (``time.sleep(0)``).
 
     Freeing a second's rows at once (15,000 rows of 30 values, or 135 large requests'
-    columns: millions of Python objects) held the GIL for up to 80 ms beside the event loop.
+    columns: millions of Python objects) held the GIL for tens of milliseconds beside the
+    event loop.
     """
     freed = 0
     while batch:
