@@ -271,3 +271,31 @@ def test_the_server_compiles_the_model_in_the_background_after_a_large_request(s
     assert predictor._compiled is not None
     _, again = state.score(records(50))
     assert [p["probability"] for p in again] == [p["probability"] for p in first]
+
+
+def test_after_a_large_request_the_log_holds_its_rows_and_the_collector_runs_again(served_in_process):
+    """The hot route appends to the log and resumes the garbage collector once the answer is sent,
+    whether the request was answered, refused or its log append failed."""
+    import gc
+
+    _, app, state = served_in_process
+    client = Client(app)
+    assert gc.isenabled()
+    before = len(state.predictions)
+    recs = records(40, offset=3000)
+    response = client.post("/v1/predict", json=recs)
+    assert response.status_code == 200 and len(state.predictions) == before + 40
+    assert gc.isenabled()
+    bad = client.post("/v1/predict", json=[dict(r, tenure="many") for r in records(400)])
+    assert bad.status_code == 422 and gc.isenabled() and len(state.predictions) == before + 40
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the buffer is gone")
+
+    state._log, log = broken, state._log
+    try:
+        response = client.post("/v1/predict", json=recs)
+    finally:
+        state._log = log
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 40  # answered all the same
+    assert gc.isenabled() and len(state.predictions) == before + 40
