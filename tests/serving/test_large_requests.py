@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import msgspec
 import numpy as np
+import orjson
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -299,3 +300,59 @@ def test_after_a_large_request_the_log_holds_its_rows_and_the_collector_runs_aga
         state._log = log
     assert response.status_code == 200 and len(response.json()["predictions"]) == 40  # answered all the same
     assert gc.isenabled() and len(state.predictions) == before + 40
+
+
+def _oip_body(recs, spec, *, binary: bool) -> tuple[bytes, dict]:
+    """An OIP v2 infer request for ``recs``: JSON tensors, or Triton's binary tensor extension."""
+    inputs, blobs = [], []
+    kinds = {name: feat.type for name, feat in spec.features.items()} | {spec.entity_key: "categorical"}
+    for name, kind in kinds.items():
+        values = [r.get(name) for r in recs]
+        dtype = {"numeric": "FP64", "boolean": "BOOL"}.get(kind, "BYTES")
+        tensor = {"name": name, "shape": [len(recs)], "datatype": dtype}
+        if not binary:
+            tensor["data"] = values
+        else:
+            if dtype == "FP64":
+                blob = np.array([np.nan if v is None else v for v in values], dtype="<f8").tobytes()
+            elif dtype == "BOOL":
+                blob = np.array(values, dtype=bool).tobytes()
+            else:
+                blob = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in map(str, values))
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        inputs.append(tensor)
+    head = orjson.dumps({"inputs": inputs, "outputs": [{"name": "probability"}, {"name": "prediction_id"}]})
+    return head + b"".join(blobs), ({"inference-header-content-length": str(len(head))} if binary else {})
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_large_oip_request_skips_the_record_model_and_answers_and_logs_as_v1(served_in_process, monkeypatch,
+                                                                                binary):
+    from tidal.serving import compat_routes
+
+    project, app, state = served_in_process
+    client = Client(app)
+    recs = [r for r in records(300, offset=4000) if None not in r.values()][:64]
+    want = [p["probability"] for p in client.post("/v1/predict", json=recs).json()["predictions"]]
+    validated = []
+    validate = compat_routes._validate
+    monkeypatch.setattr(compat_routes, "_validate", lambda *a: validated.append(1) or validate(*a))
+    body, headers = _oip_body(recs, project.spec, binary=binary)
+    r = client.post("/v2/models/churn/infer", content=body, headers=headers)
+    assert r.status_code == 200 and not validated  # the columnar path: no record model
+    outputs = {o["name"]: o["data"] for o in r.json()["outputs"]}
+    assert outputs["probability"] == want
+    state.flush()
+    logged = _logged(project)
+    for rec, pid in zip(recs, outputs["prediction_id"]):
+        assert {c: logged[pid][c] for c in state.logged_columns} == {c: rec.get(c) for c in state.logged_columns}
+    # a missing value (NaN in a binary tensor, null in JSON) or a small request: the records path, same answers
+    gap = [dict(recs[0], TotalCharges=None)] + recs[1:]
+    body, headers = _oip_body(gap, project.spec, binary=binary)
+    r = client.post("/v2/models/churn/infer", content=body, headers=headers)
+    assert r.status_code == 200 and validated == [1] * (1 if binary else 0)  # JSON null: optional, still columns
+    assert r.json()["outputs"][0]["data"][1:] == want[1:]
+    body, headers = _oip_body(recs[:5], project.spec, binary=binary)
+    assert client.post("/v2/models/churn/infer", content=body, headers=headers).json()["outputs"][0]["data"] == \
+        want[:5]

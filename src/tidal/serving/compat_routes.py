@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -18,12 +19,14 @@ from pydantic import TypeAdapter, ValidationError
 
 import tidal
 from tidal.errors import NotFound, NotReady, Problem, RequestValidationError
+from tidal.serving.columns import RecordColumns
 from tidal.spec import Spec
 
 _OIP_TYPES = {"numeric": "FP64", "categorical": "BYTES", "boolean": "BOOL", "datetime": "BYTES"}
 _NUMERIC = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
-_STRUCT = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i", "INT16": "h", "INT8": "b", "UINT64": "Q",
-           "UINT32": "I", "UINT16": "H", "UINT8": "B", "BOOL": "?"}
+_NUMPY = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "i1", "UINT64": "<u8",
+          "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1", "BOOL": "?"}
+COLUMNS_FROM = 32  # requests of this many rows or more may skip the record model (:func:`_oip_columns`)
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -63,14 +66,16 @@ def _decode_binary(header: dict[str, Any], blob: bytes) -> None:
                 values.append(chunk[i + 4: i + 4 + n].decode())
                 i += 4 + n
             tensor["data"] = values
-        elif dtype in _STRUCT:
-            fmt = _STRUCT[dtype]
-            tensor["data"] = list(struct.unpack(f"<{len(chunk) // struct.calcsize(fmt)}{fmt}", chunk))
+        elif dtype in _NUMPY:  # one array, no Python value a number (the columnar path reads it as is)
+            width = np.dtype(_NUMPY[dtype]).itemsize
+            tensor["data"] = np.frombuffer(chunk[: len(chunk) - len(chunk) % width], dtype=_NUMPY[dtype])
         else:
             raise _invalid(f"binary data of type {dtype} is not supported", f"inputs.{tensor.get('name')}")
 
 
 def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, np.ndarray):
+        return data.ravel().tolist()
     if isinstance(data, list) and data and isinstance(data[0], list):
         return [x for row in data for x in _flatten(row)]
     return list(data) if isinstance(data, list) else [data]
@@ -96,9 +101,67 @@ def _oip_records(body: dict[str, Any], spec: Spec) -> list[dict[str, Any]]:
     return [{name: values[i] for name, values in columns.items()} for i in range(n)]
 
 
+def _oip_columns(body: dict[str, Any], fields: dict[str, tuple[type, bool]]) -> RecordColumns | None:
+    """A large request's tensors as columns, when every value is already what the record model
+    would make of it; else None, and the records path applies the model's rules (and names any problem).
+
+    ``fields`` maps each record field to (its Python type, whether it is required). Numbers must
+    be numbers (a binary tensor of a numeric type, or JSON ints and floats; no NaN, which the
+    records path would keep as NaN and the log as such), text text and booleans booleans,
+    None only where a field is optional; datetimes take the records path. Unknown tensors
+    are ignored, as the record model ignores unknown fields.
+    """
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        return None
+    columns: dict[str, Any] = {}
+    for tensor in inputs:
+        if not isinstance(tensor, dict) or "data" not in tensor:
+            return None
+        name, data = tensor.get("name"), tensor["data"]
+        if name not in fields:
+            continue
+        kind, required = fields[name]
+        if isinstance(data, np.ndarray):  # a binary tensor
+            if kind is bool and data.dtype == np.bool_:
+                columns[name] = data
+            elif kind is float and data.dtype.kind in "iuf" and not np.isnan(data).any():
+                columns[name] = data.astype(np.float64, copy=False)
+            else:
+                return None
+            continue
+        if not isinstance(data, list) or (data and isinstance(data[0], list)):
+            return None
+        allowed = {float, int} if kind is float else {kind}
+        seen = set(map(type, data))
+        if not required:
+            seen.discard(type(None))
+        if not seen <= allowed:
+            return None
+        columns[name] = data
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) != 1 or any(required and name not in columns for name, (_, required) in fields.items()):
+        return None
+    n = lengths.pop()
+    return RecordColumns(columns, n) if n >= COLUMNS_FROM else None
+
+
+def _record_fields(record_model: type) -> dict[str, tuple[type, bool]]:
+    """The record model's fields whose values the columnar path can check: (type, required)."""
+    out = {}
+    for name, info in record_model.model_fields.items():
+        kinds = [k for k in getattr(info.annotation, "__args__", (info.annotation,)) if k is not type(None)]
+        if len(kinds) == 1 and kinds[0] in (float, str, bool):
+            out[name] = (kinds[0], info.is_required())
+        else:
+            out[name] = (object, info.is_required())  # e.g. a datetime: never matched, so the records path
+    return out
+
+
 def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> None:
     spec: Spec = state.spec
     many = TypeAdapter(list[record_model])
+    fields = _record_fields(record_model)
     name = spec.name
 
     def _model(model_name: str) -> None:
@@ -160,7 +223,9 @@ def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> None:
         if model_version is not None and model_version != str(state.predictor.version):
             raise NotFound(f"version {model_version} of {name!r} is not in service",
                            fix=f"use version {state.predictor.version} or omit the version")
-        records = _validate(_oip_records(body, spec), many, "inputs")
+        records = _oip_columns(body, fields)
+        if records is None:
+            records = _validate(_oip_records(body, spec), many, "inputs")
         version, out = state.score(records)
         wanted = [o.get("name") for o in body.get("outputs") or []] or ["probability", "prediction", "decision"]
         columns = {"probability": ("FP64", [o["probability"] for o in out]),
