@@ -88,7 +88,7 @@ def asgi_post(app: Any, body: bytes) -> Callable[[], bytes]:
 
     def post() -> bytes:
         sent.clear()
-        loop.run_until_complete(app.hot_predict(scope, receive, send))
+        loop.run_until_complete(app.hot_routes["/v1/predict"](scope, receive, send))
         if sent[0]["status"] != 200:
             raise RuntimeError(sent[1]["body"].decode())
         return sent[1]["body"]

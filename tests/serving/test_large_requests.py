@@ -356,3 +356,11 @@ def test_a_large_oip_request_skips_the_record_model_and_answers_and_logs_as_v1(s
     body, headers = _oip_body(recs[:5], project.spec, binary=binary)
     assert client.post("/v2/models/churn/infer", content=body, headers=headers).json()["outputs"][0]["data"] == \
         want[:5]
+    # the versioned route (FastAPI's) answers as the hot route does; both are counted under /v2
+    body, headers = _oip_body(recs, project.spec, binary=binary)
+    versioned = client.post(f"/v2/models/churn/versions/{state.predictor.version}/infer", content=body,
+                            headers=headers)
+    assert versioned.json()["outputs"][0]["data"] == want
+    assert client.post("/v2/models/other/infer", content=body, headers=headers).status_code == 404
+    counted = client.loop.run_until_complete(client.client.get("/metrics")).text
+    assert 'tidal_requests_total{route="/v2",status="200"}' in counted

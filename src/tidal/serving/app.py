@@ -453,7 +453,8 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             elif pause:
                 gc.enable()
 
-    app.hot_predict = _hot_route(predict_bytes, state.metrics.requests)
+    app.hot_routes = {"/v1/predict": _hot_route(lambda body, after, scope: predict_bytes(body, after),
+                                                 state.metrics.requests, route="/v1/predict")}
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": {
@@ -505,20 +506,32 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     add_ingest_routes(app, state)
     add_admin_routes(app, state)
     add_run_routes(app, state)
-    add_compat_routes(app, state, Record)
+    infer_bytes = add_compat_routes(app, state, Record)
+    app.hot_routes[f"/v2/models/{spec.name}/infer"] = _hot_route(
+        lambda body, after, scope: infer_bytes(body, _header(scope, b"inference-header-content-length"), after=after),
+        state.metrics.requests, route="/v2")
     return app
 
 
-class _TidalAPI(FastAPI):
-    """FastAPI, with ``POST /v1/predict`` answered before its middleware and routing (the hot path)."""
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
-    hot_predict: Any = None
+
+class _TidalAPI(FastAPI):
+    """FastAPI, with the scoring routes (``POST /v1/predict``, OIP v2's infer of this model) answered
+    before its middleware and routing (the hot path); the routes stay declared for OpenAPI."""
+
+    hot_routes: dict[str, Any]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if (self.hot_predict is not None and scope["type"] == "http" and scope["path"] == "/v1/predict"
-                and scope["method"] == "POST"):
-            await self.hot_predict(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            hot = self.hot_routes.get(scope["path"])
+            if hot is not None:
+                await hot(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -551,9 +564,10 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _INTERNAL_ERROR = orjson.dumps({"error": {"code": "internal_error", "message": "internal error; see the server log"}})
 
 
-def _hot_route(handle: Any, counter: Counter) -> Any:
-    """A plain ASGI app answering with ``handle(body)``: the error bodies of the app's exception
-    handlers, and the request counter that the middleware keeps for the other routes."""
+def _hot_route(handle: Any, counter: Counter, *, route: str) -> Any:
+    """A plain ASGI app answering with ``handle(body, after, scope)``: the error bodies of the app's
+    exception handlers, and the request counter (under ``route``) that the middleware keeps for the
+    other routes."""
     counted: dict[int, Any] = {}
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
@@ -569,7 +583,7 @@ def _hot_route(handle: Any, counter: Counter) -> Any:
         after = AfterAnswer()
         try:
             try:
-                status, payload = 200, handle(chunks[0] if len(chunks) == 1 else b"".join(chunks), after)
+                status, payload = 200, handle(chunks[0] if len(chunks) == 1 else b"".join(chunks), after, scope)
             except TidalError as exc:
                 status, payload = exc.status_code, orjson.dumps(exc.to_body())
             except Exception as exc:  # noqa: BLE001 - answered like the app's handler, then re-raised like Starlette
@@ -582,7 +596,7 @@ def _hot_route(handle: Any, counter: Counter) -> Any:
             after.run()
         child = counted.get(status)
         if child is None:
-            child = counted[status] = counter.labels("/v1/predict", str(status))
+            child = counted[status] = counter.labels(route, str(status))
         child.inc()
         if unexpected is not None:
             raise unexpected

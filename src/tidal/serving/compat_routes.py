@@ -9,6 +9,7 @@ prediction log and the metrics are the same whichever protocol a client uses.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -158,7 +159,9 @@ def _record_fields(record_model: type) -> dict[str, tuple[type, bool]]:
     return out
 
 
-def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> None:
+def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> Callable[..., bytes]:
+    """Add the OIP v2 and MLflow routes; returns the OIP infer handler (body bytes -> answer bytes)
+    for the server's hot route."""
     spec: Spec = state.spec
     many = TypeAdapter(list[record_model])
     fields = _record_fields(record_model)
@@ -203,12 +206,8 @@ def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> None:
         ready = state.predictor is not None
         return _json({"name": name, "ready": ready}, 200 if ready else 503)
 
-    @app.post("/v2/models/{model_name}/infer", tags=["oip"])
-    @app.post("/v2/models/{model_name}/versions/{model_version}/infer", tags=["oip"])
-    async def oip_infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
-        _model(model_name)
-        raw = await request.body()
-        header_len = request.headers.get("inference-header-content-length")
+    def infer_bytes(raw: bytes, header_len: str | None, model_version: str | None = None, after: Any = None) -> bytes:
+        """The answer to an OIP v2 infer request's body (``header_len``: its Inference-Header-Content-Length)."""
         try:
             head = raw[: int(header_len)] if header_len else raw
             body = orjson.loads(head)
@@ -226,7 +225,7 @@ def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> None:
         records = _oip_columns(body, fields)
         if records is None:
             records = _validate(_oip_records(body, spec), many, "inputs")
-        version, out = state.score(records)
+        version, out = state.score(records, after=after)
         wanted = [o.get("name") for o in body.get("outputs") or []] or ["probability", "prediction", "decision"]
         columns = {"probability": ("FP64", [o["probability"] for o in out]),
                    "prediction": ("BYTES" if spec.task == "binary" else "FP64", [o["prediction"] for o in out]),
@@ -239,7 +238,16 @@ def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> None:
             {"name": w, "datatype": columns[w][0], "shape": [len(out)], "data": columns[w][1]} for w in wanted]}
         if "id" in body:
             result["id"] = body["id"]
-        return _json(result)
+        return orjson.dumps(result)
+
+    @app.post("/v2/models/{model_name}/infer", tags=["oip"])
+    @app.post("/v2/models/{model_name}/versions/{model_version}/infer", tags=["oip"])
+    async def oip_infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+        # POST /v2/models/<this model>/infer is answered by infer_bytes on the hot route (see app.py)
+        _model(model_name)
+        payload = infer_bytes(await request.body(), request.headers.get("inference-header-content-length"),
+                              model_version)
+        return Response(payload, media_type="application/json")
 
     # --- MLflow scoring protocol --------------------------------------------------------------
     @app.post("/invocations", tags=["mlflow"])
@@ -262,6 +270,8 @@ def add_compat_routes(app: FastAPI, state: Any, record_model: type) -> None:
         records = _validate(records, many, "rows")
         _, out = state.score(records)
         return _json({"predictions": out})
+
+    return infer_bytes
 
 
 def _mlflow_records(body: Any, spec: Spec) -> list[dict[str, Any]]:
