@@ -364,3 +364,21 @@ def test_a_large_oip_request_skips_the_record_model_and_answers_and_logs_as_v1(s
     assert client.post("/v2/models/other/infer", content=body, headers=headers).status_code == 404
     counted = client.loop.run_until_complete(client.client.get("/metrics")).text
     assert 'tidal_requests_total{route="/v2",status="200"}' in counted
+
+
+def test_start_up_moves_what_it_left_alive_out_of_the_collectors_way(served_in_process):
+    """After start-up the server freezes the surviving objects: a full collection no longer walks them."""
+    import gc
+
+    _, app, state = served_in_process
+
+    async def start_and_stop() -> int:
+        async with app.router.lifespan_context(app):
+            return gc.get_freeze_count()
+
+    gc.unfreeze()
+    try:
+        frozen = asyncio.new_event_loop().run_until_complete(start_and_stop())
+    finally:
+        gc.unfreeze()
+    assert frozen > 10_000 and state.predictor is not None
