@@ -69,22 +69,38 @@ def test_rows_in_several_slabs_keep_their_order(tmp_path, monkeypatch):
         ["r0", "r1", "r2", "r3", "c0", "c1", "r4", "r5", "r6", "r7", "r8", "r9"]
 
 
-def test_a_refused_batch_stays_in_the_buffer_and_the_lake_is_untouched(tmp_path):
-    sink = ProcessSink(tmp_path)
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_rows_no_table_can_hold_are_dropped_and_counted_and_the_rest_written(tmp_path, writer, caplog):
+    sink = ProcessSink(tmp_path) if writer == "process" else LocalSink(Lake(tmp_path))
     buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=SCHEMA, capacity=10, sink=sink)
     try:
         buf.append(("a", 1, 1.0, True, 1))
         buf.append(("b", 2, "not a number", True, 2))
-        with pytest.raises(WriterFailed, match="refused the batch"):
+        buf.append_columns({"_id": ["c", "d"], "_ts": [3, 4], "x": [1.0, 2**70], "n": [1, 2]}, 2)
+        buf.append(("e", 5, 5.0, False, 5))
+        with caplog.at_level("WARNING", logger="tidal.serving"):
+            assert buf.flush() == 2
+        assert "3 row(s)" in caplog.text and buf.dropped == 3 and len(buf) == 0 and buf.written == 2
+    finally:
+        sink.close()
+    assert sorted(Lake(tmp_path).read("labels").column("_id").to_pylist()) == ["a", "e"]
+    assert Lake(tmp_path).version("labels") == 0  # one commit
+
+
+def test_a_failure_that_is_not_the_rows_keeps_them_all(tmp_path, monkeypatch):
+    sink = ProcessSink(tmp_path)
+    buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=SCHEMA, capacity=10, sink=sink)
+    try:
+        buf.append(("a", 1, 1.0, True, 1))
+        real = sink.write
+        monkeypatch.setattr(sink, "write", lambda *a: (_ for _ in ()).throw(WriterFailed("disk full")))
+        with pytest.raises(WriterFailed, match="disk full"):
             buf.flush()
-        assert len(buf) == 2 and buf.written == 0
-        assert Lake(tmp_path).read("labels") is None
-        buf._rows.pop()  # the bad row mended: the same writer process takes the rest
-        buf._size -= 1
+        assert len(buf) == 1 and buf.dropped == 0 and Lake(tmp_path).read("labels") is None
+        monkeypatch.setattr(sink, "write", real)
         assert buf.flush() == 1
     finally:
         sink.close()
-    assert Lake(tmp_path).read("labels").column("_id").to_pylist() == ["a"]
 
 
 def test_a_dead_writer_process_is_replaced_and_nothing_is_lost(tmp_path):
@@ -112,7 +128,16 @@ def test_a_writer_process_that_cannot_start_leaves_the_batch_to_this_process(tmp
     with caplog.at_level("WARNING", logger="tidal.serving"):
         assert buf.flush() == 1
     assert "failed twice" in caplog.text and sink._proc is None
-    assert Lake(tmp_path).read("labels").column("_id").to_pylist() == ["a"]
+    starts = []
+    monkeypatch.setattr(logwriter.subprocess, "Popen", lambda *a, **k: starts.append(a) or 1 / 0)
+    buf.append(("b", 2, 2.0, True, 2))
+    assert buf.flush() == 1 and not starts  # for a while, no new attempt: written here at once
+    monkeypatch.setattr(sink, "_local_until", 0.0)
+    buf.append(("c", 3, 3.0, True, 3))
+    with pytest.raises(ZeroDivisionError):  # the while is over: the process is tried again
+        buf.flush()
+    assert len(starts) == 1 and len(buf) == 1
+    assert sorted(Lake(tmp_path).read("labels").column("_id").to_pylist()) == ["a", "b"]
     sink.close()
 
 

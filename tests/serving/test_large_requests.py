@@ -19,12 +19,12 @@ from tests.conftest import TELCO
 from tests.serving.conftest import make_project, telco_records
 from tidal.infra.lake import Lake
 from tidal.serving import app as app_module
-from tidal.serving import compiled
+from tidal.serving import compat_routes, compiled
 from tidal.serving.app import LABEL_SCHEMA, create_app, prediction_ids
 from tidal.serving.columns import RecordColumns
 from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import Predictor
-from tidal.serving.schema import record_decoder
+from tidal.serving.schema import record_decoder, record_model
 
 N = 1000
 needs_lleaves = pytest.mark.skipif(not compiled.available(),
@@ -382,3 +382,23 @@ def test_start_up_moves_what_it_left_alive_out_of_the_collectors_way(served_in_p
     finally:
         gc.unfreeze()
     assert frozen > 10_000 and state.predictor is not None
+
+
+def test_the_oip_columnar_path_refuses_what_the_records_path_refuses_and_makes_floats(served_in_process):
+    project, app, state = served_in_process
+    client = Client(app)
+    recs = [dict(r, tenure=int(r["tenure"])) for r in records(300, offset=4000) if None not in r.values()][:40]
+    body, _ = _oip_body(recs, project.spec, binary=False)
+    request = orjson.loads(body)
+    tenure = next(t for t in request["inputs"] if t["name"] == "tenure")
+    assert all(type(v) is int for v in tenure["data"])  # JSON ints for a numeric feature
+    ok = client.post("/v2/models/churn/infer", json=request)
+    want = [p["probability"] for p in client.post("/v1/predict", json=recs).json()["predictions"]]
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == want
+    columns = compat_routes._oip_columns(request, compat_routes._record_fields(record_model(project.spec)))
+    assert columns is not None and all(type(v) is float for v in columns.column("tenure"))
+    for broken, problem in (({"data": [1] * 40, "datatype": "FP64", "shape": [40]}, "needs a name"),
+                            ({"name": ["tenure"], "data": [1] * 40}, "needs a name"),
+                            ({"name": "junk", "data": [0] * 7}, "different lengths")):
+        r = client.post("/v2/models/churn/infer", json={"inputs": request["inputs"] + [broken]})
+        assert r.status_code == 422 and problem in r.json()["error"]["message"], r.text

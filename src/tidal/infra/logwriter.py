@@ -42,6 +42,7 @@ SLAB = 4096  # values converted to Arrow by one call (one hold of the GIL)
 ROWS_A_SLAB = 1024  # single rows transposed into columns (or packed for the writer process) at a time
 _EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
 _LENGTH = struct.Struct("<I")
+RETRY_AFTER_S = 60  # after the writer process failed twice, batches are written in the server this long
 
 
 class NullableFloats:
@@ -175,6 +176,7 @@ class ProcessSink:
         self._lock = threading.Lock()
         self._encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
         self._local: LocalSink | None = None  # the fallback when the process cannot be kept running
+        self._local_until = 0.0  # monotonic time until which batches are written here (the process failed)
 
     def start(self) -> None:
         """Start the writer process now (otherwise the first write does)."""
@@ -183,8 +185,9 @@ class ProcessSink:
 
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
+            # its own session: a Ctrl-C at the terminal stops the server, which then closes the writer's input
             self._proc = subprocess.Popen([sys.executable, "-m", "tidal.infra.logwriter", self.lake_root],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
             self._schemas_sent = set()
         return self._proc
 
@@ -193,6 +196,8 @@ class ProcessSink:
         Raises :class:`WriterFailed` when the writer refuses them (they were not committed). A writer
         that dies is restarted once; if it dies again (or cannot start) the batch is written here
         (if it died between its commit and its answer, those rows are in the lake twice)."""
+        if time.monotonic() < self._local_until:  # the process failed lately: written here meanwhile
+            return self._fallback().write(table, schema, items)
         try:
             frames = self._frames(items)
         except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: pyarrow may still take it here
@@ -216,10 +221,15 @@ class ProcessSink:
                         self._stop(proc)
                     if attempt == 1:
                         continue
-                    # twice: the process cannot start or keeps dying; this batch is written here
-                    log.warning("the log writer process failed twice (%s: %s); writing %s in this process",
-                                type(exc).__name__, exc, table)
+                    # twice: the process cannot start or keeps dying; batches are written here for a while
+                    self._local_until = time.monotonic() + RETRY_AFTER_S
+                    log.warning("the log writer process failed twice (%s: %s); writing in this process for %d s",
+                                type(exc).__name__, exc, RETRY_AFTER_S)
                     return self._fallback().write(table, schema, items)
+                except BaseException:  # mid-exchange (a garbled answer, an interrupt): the pipes are out of step
+                    if proc is not None:
+                        self._stop(proc)
+                    raise
                 if "error" in reply:
                     raise WriterFailed(f"the prediction-log writer refused the batch: {reply['error']}")
                 self._schemas_sent.add(table)
@@ -296,7 +306,7 @@ def _enc_hook(value: Any) -> Any:
     tolist = getattr(value, "tolist", None)
     if tolist is not None:
         return tolist()
-    raise NotImplementedError(f"cannot send a {type(value).__name__} to the log writer")
+    raise TypeError(f"cannot send a {type(value).__name__} to the log writer")
 
 
 def _ext_hook(code: int, data: memoryview) -> Any:

@@ -593,11 +593,13 @@ def _hot_route(handle: Any, counter: Counter, *, route: str) -> Any:
             except Exception as exc:  # noqa: BLE001 - answered like the app's handler, then re-raised like Starlette
                 log.error("unhandled error", exc_info=exc)
                 status, payload, unexpected = 500, _INTERNAL_ERROR, exc
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS]})
-            await send({"type": "http.response.body", "body": payload})
         finally:
-            after.run()
+            # once the answer is on its way: right after the sends below, or while a client that does not
+            # read makes them wait (the collector must not stay paused that long)
+            asyncio.get_running_loop().call_soon(after.run)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS]})
+        await send({"type": "http.response.body", "body": payload})
         child = counted.get(status)
         if child is None:
             child = counted[status] = counter.labels(route, str(status))

@@ -88,8 +88,8 @@ def _oip_records(body: dict[str, Any], spec: Spec) -> list[dict[str, Any]]:
         raise _invalid("'inputs' must be a non-empty list of tensors", "inputs")
     columns: dict[str, list[Any]] = {}
     for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict) or "name" not in tensor or "data" not in tensor:
-            raise _invalid("each input needs a name, a shape, a datatype and data", f"inputs.{i}")
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) or "data" not in tensor:
+            raise _invalid("each input needs a name (text), a shape, a datatype and data", f"inputs.{i}")
         values = _flatten(tensor["data"])
         if tensor.get("datatype") == "BYTES":
             values = [v.decode() if isinstance(v, bytes) else v for v in values]
@@ -116,10 +116,12 @@ def _oip_columns(body: dict[str, Any], fields: dict[str, tuple[type, bool]]) -> 
     if not isinstance(inputs, list) or not inputs:
         return None
     columns: dict[str, Any] = {}
+    lengths = set()
     for tensor in inputs:
-        if not isinstance(tensor, dict) or "data" not in tensor:
+        if not isinstance(tensor, dict) or "data" not in tensor or not isinstance(tensor.get("name"), str):
             return None
-        name, data = tensor.get("name"), tensor["data"]
+        name, data = tensor["name"], tensor["data"]
+        lengths.add(len(data) if isinstance(data, list | np.ndarray) else -1)
         if name not in fields:
             continue
         kind, required = fields[name]
@@ -139,8 +141,8 @@ def _oip_columns(body: dict[str, Any], fields: dict[str, tuple[type, bool]]) -> 
             seen.discard(type(None))
         if not seen <= allowed:
             return None
-        columns[name] = data
-    lengths = {len(values) for values in columns.values()}
+        # numbers as the record model gives them: floats (an int above 2**53 is rounded, as there)
+        columns[name] = [None if v is None else float(v) for v in data] if int in seen else data
     if len(lengths) != 1 or any(required and name not in columns for name, (_, required) in fields.items()):
         return None
     n = lengths.pop()

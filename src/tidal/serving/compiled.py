@@ -100,10 +100,14 @@ def _scorer(model: Any, *, threads: int, split_from: int = 1) -> Callable[[np.nd
         if not pool:
             pool.append(ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="tidal-score"))
         step = -(-n // threads)
-        others = [pool[0].submit(entry, data, result, start, min(start + step, n)) for start in range(step, n, step)]
-        entry(data, result, 0, step)
-        for other in others:
-            other.result()
+        others = []
+        try:  # X and out must outlive every part that reads or writes them: each is waited for
+            for start in range(step, n, step):
+                others.append(pool[0].submit(entry, data, result, start, min(start + step, n)))
+            entry(data, result, 0, step)
+        finally:
+            for other in others:
+                other.result()
         return out
 
     predict.model = model  # type: ignore[attr-defined]  # the compiled code lives as long as the model

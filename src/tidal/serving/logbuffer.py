@@ -13,6 +13,7 @@ keeps that work off the interpreter lock that the event loop needs.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -22,7 +23,10 @@ from typing import Any
 import pyarrow as pa
 
 from tidal.infra.lake import Lake
-from tidal.infra.logwriter import Chunk, LocalSink, to_arrow
+from tidal.infra.logwriter import Chunk, LocalSink, WriterFailed, to_arrow
+
+
+log = logging.getLogger("tidal.serving")
 
 
 class LogBuffer:
@@ -85,10 +89,28 @@ class LogBuffer:
             if items == 0:
                 return 0
             batch = [self._rows.popleft() for _ in range(items)]
+            if self.sink is None:
+                self.sink = LocalSink(self.lake)
             try:
-                if self.sink is None:
-                    self.sink = LocalSink(self.lake)
                 written = self.sink.write(self.table, self.schema, batch)
+            except (WriterFailed, pa.ArrowException, TypeError, ValueError) as exc:
+                unfit = self._unfit(batch)  # rows no table of the schema can hold: dropped, not retried forever
+                if not unfit:
+                    self._rows.extendleft(reversed(batch))  # not the rows: keep them for the next try
+                    raise
+                lost = sum(batch[i].n if type(batch[i]) is Chunk else 1 for i in unfit)
+                log.warning("%s log: %d row(s) that no %s table can hold were dropped (%s)",
+                            self.table, lost, self.table, exc)
+                for i in reversed(unfit):
+                    del batch[i]
+                with self._size_lock:
+                    self._size -= lost
+                self.dropped += lost
+                try:
+                    written = self.sink.write(self.table, self.schema, batch) if batch else 0
+                except BaseException:
+                    self._rows.extendleft(reversed(batch))
+                    raise
             except BaseException:
                 self._rows.extendleft(reversed(batch))  # keep them for the next try
                 raise
@@ -97,6 +119,16 @@ class LogBuffer:
             self.written += written
             _release(batch)
             return written
+
+    def _unfit(self, batch: list[Any]) -> list[int]:
+        """Positions of the items (a row, or a request's chunk) that cannot become rows of the schema."""
+        unfit = []
+        for i, item in enumerate(batch):
+            try:
+                to_arrow(self.schema, [item])
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                unfit.append(i)
+        return unfit
 
     def arrow(self, rows: list[tuple[Any, ...] | Chunk]) -> pa.Table:
         """Buffered rows as an Arrow table of the buffer's schema (what a sink commits)."""
