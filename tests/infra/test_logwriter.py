@@ -155,3 +155,20 @@ def test_a_value_msgpack_cannot_carry_meets_the_same_rules_as_in_this_process(tm
     finally:
         sink.close()
     assert Lake(tmp_path / "b").read("labels").column("x").to_pylist() == [2.5]
+
+
+def test_a_hung_writer_process_is_killed_and_the_batch_written_here(tmp_path, monkeypatch, caplog):
+    import subprocess
+    import sys
+
+    popen = subprocess.Popen
+    hung = [sys.executable, "-c", "import sys, time\nsys.stdin.buffer.read(1)\ntime.sleep(60)"]
+    monkeypatch.setattr(logwriter.subprocess, "Popen", lambda args, **kw: popen(hung, **kw))
+    sink = ProcessSink(tmp_path)
+    sink.answer_timeout_s = 0.5
+    buf = LogBuffer(lake=Lake(tmp_path), table="labels", schema=SCHEMA, capacity=10, sink=sink)
+    buf.append(("a", 1, 1.0, True, 1))
+    with caplog.at_level("WARNING", logger="tidal.serving"):
+        assert buf.flush() == 1
+    assert "TimeoutError" in caplog.text and sink._proc is None
+    assert Lake(tmp_path).read("labels").column("_id").to_pylist() == ["a"]

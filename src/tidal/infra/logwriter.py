@@ -22,6 +22,7 @@ or ``{"error"}``. The writer exits when its input closes (the server stopped or 
 from __future__ import annotations
 
 import logging
+import select
 import struct
 import subprocess
 import sys
@@ -43,6 +44,7 @@ ROWS_A_SLAB = 1024  # single rows transposed into columns (or packed for the wri
 _EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
 _LENGTH = struct.Struct("<I")
 RETRY_AFTER_S = 60  # after the writer process failed twice, batches are written in the server this long
+ANSWER_TIMEOUT_S = 120  # a writer that has not answered a batch by then is taken as hung: stopped, and replaced
 
 
 class NullableFloats:
@@ -177,6 +179,7 @@ class ProcessSink:
         self._encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
         self._local: LocalSink | None = None  # the fallback when the process cannot be kept running
         self._local_until = 0.0  # monotonic time until which batches are written here (the process failed)
+        self.answer_timeout_s = ANSWER_TIMEOUT_S
 
     def start(self) -> None:
         """Start the writer process now (otherwise the first write does)."""
@@ -215,9 +218,13 @@ class ProcessSink:
                     for frame in frames:
                         _send(proc.stdin, frame)
                     proc.stdin.flush()
+                    if not select.select([proc.stdout], [], [], self.answer_timeout_s)[0]:  # a hung writer
+                        raise TimeoutError(f"no answer from the log writer in {self.answer_timeout_s:g} s")
                     reply = msgspec.msgpack.decode(_receive(proc.stdout))
                 except (BrokenPipeError, EOFError, OSError) as exc:
                     if proc is not None:
+                        if isinstance(exc, TimeoutError):
+                            proc.kill()  # hung: it does not get to finish that batch (which is resent)
                         self._stop(proc)
                     if attempt == 1:
                         continue
