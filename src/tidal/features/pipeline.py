@@ -132,6 +132,10 @@ class FeaturePipeline:
             j += len(DATETIME_PARTS) if kind == "datetime" else 1
         self._number_columns = np.array(number_columns, dtype=np.intp)
         self._width = j
+        # each numeric feature's column in the matrix: its values as given (NaN where missing); the
+        # server logs a large request's numbers from there (read on every request: built once)
+        self.numeric_positions = {name: self._positions[name] for name, kind in self.features.items()
+                                  if kind == "numeric"}
 
     @classmethod
     def from_spec(cls, spec: Spec) -> "FeaturePipeline":
@@ -172,11 +176,6 @@ class FeaturePipeline:
             if isinstance(t, D.TargetEncoding):
                 out[j] = t.out_of_fold(_texts(columns[t.column]), np.asarray(target, dtype=np.float64), seed=seed)
         return out
-
-    @property
-    def numeric_positions(self) -> dict[str, int]:
-        """Each numeric feature's column in the matrix: its values as given (NaN where missing)."""
-        return {name: self._positions[name] for name, kind in self.features.items() if kind == "numeric"}
 
     @property
     def output_names(self) -> list[str]:
