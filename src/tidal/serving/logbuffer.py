@@ -92,33 +92,34 @@ class LogBuffer:
             if self.sink is None:
                 self.sink = LocalSink(self.lake)
             try:
-                written = self.sink.write(self.table, self.schema, batch)
-            except (WriterFailed, pa.ArrowException, TypeError, ValueError) as exc:
-                unfit = self._unfit(batch)  # rows no table of the schema can hold: dropped, not retried forever
-                if not unfit:
-                    self._rows.extendleft(reversed(batch))  # not the rows: keep them for the next try
-                    raise
-                lost = sum(batch[i].n if type(batch[i]) is Chunk else 1 for i in unfit)
-                log.warning("%s log: %d row(s) that no %s table can hold were dropped (%s)",
-                            self.table, lost, self.table, exc)
-                for i in reversed(unfit):
-                    del batch[i]
-                with self._size_lock:
-                    self._size -= lost
-                self.dropped += lost
-                try:
-                    written = self.sink.write(self.table, self.schema, batch) if batch else 0
-                except BaseException:
-                    self._rows.extendleft(reversed(batch))
-                    raise
+                written = self._write(batch)
             except BaseException:
-                self._rows.extendleft(reversed(batch))  # keep them for the next try
+                self._rows.extendleft(reversed(batch))  # what is left of it: kept for the next try
                 raise
             with self._size_lock:
                 self._size -= written
             self.written += written
             _release(batch)
             return written
+
+    def _write(self, batch: list[Any]) -> int:
+        """Commit ``batch``; when rows no table of the schema can hold are the cause, they are taken
+        out of ``batch``, dropped and counted, and the rest is committed (not retried forever)."""
+        try:
+            return self.sink.write(self.table, self.schema, batch)
+        except (WriterFailed, pa.ArrowException, TypeError, ValueError) as exc:
+            unfit = self._unfit(batch)
+            if not unfit:  # not the rows (a disk, a lock): all of them are kept
+                raise
+            lost = sum(batch[i].n if type(batch[i]) is Chunk else 1 for i in unfit)
+            log.warning("%s log: %d row(s) that no %s table can hold were dropped (%s)",
+                        self.table, lost, self.table, exc)
+            for i in reversed(unfit):
+                del batch[i]
+            with self._size_lock:
+                self._size -= lost
+            self.dropped += lost
+            return self.sink.write(self.table, self.schema, batch) if batch else 0
 
     def _unfit(self, batch: list[Any]) -> list[int]:
         """Positions of the items (a row, or a request's chunk) that cannot become rows of the schema."""
