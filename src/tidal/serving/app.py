@@ -259,12 +259,14 @@ class ServerState:
         ids = prediction_ids(len(records))
         out = [{"prediction_id": pid, "prediction": pred, "probability": prob, "decision": dec}
                for pid, pred, prob, dec in zip(ids, preds, probs, decisions)]
-        numbers = (X, predictor.bundle.pipeline.numeric_positions)
+        def log_rows() -> None:
+            self._log(records, ids, now, version, scores, preds, decisions, shadow=False,
+                      numbers=(X, predictor.bundle.pipeline.numeric_positions))
+
         if after is None:
-            self._log(records, ids, now, version, scores, preds, decisions, shadow=False, numbers=numbers)
+            log_rows()
         else:
-            after.tasks.append(lambda: self._log(records, ids, now, version, scores, preds, decisions, shadow=False,
-                                                 numbers=numbers))
+            after.tasks.append(log_rows)
         if deployment.shadow is not None:  # scored later, off the hot path
             self.shadow_queue.append((records, ids, now))
         self._scored(version).inc(len(records))
@@ -278,8 +280,10 @@ class ServerState:
 
         ``numbers`` (the model's matrix, each numeric feature's column in it) lets a large request
         decoded column-wise log its numeric features from the matrix (the values as given, NaN
-        where missing, which JSON cannot send otherwise): arrays, where Python floats in tuples
-        would stay alive until the flush, for the garbage collector to walk one by one.
+        where missing): arrays, where Python floats in tuples would stay alive until the flush, for
+        the garbage collector to walk one by one. Only column-wise requests, whose decoders never
+        let a NaN through (JSON cannot send one; the OIP path refuses it), so NaN means null there;
+        records from the Python API may hold a NaN, which the log keeps as NaN.
         """
         n = len(ids)
         if n < COLUMNS_FROM:
