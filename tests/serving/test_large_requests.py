@@ -232,9 +232,9 @@ def test_a_compiled_model_that_differs_is_not_used(served_in_process, monkeypatc
 def test_log_buffer_converts_slab_by_slab_and_times_as_pyarrow_does(tmp_path, monkeypatch):
     from zoneinfo import ZoneInfo
 
-    from tidal.infra import logwriter
+    from tidal.infra import logrows
 
-    monkeypatch.setattr(logwriter, "SLAB", 3)
+    monkeypatch.setattr(logrows, "SLAB", 3)
     paris = ZoneInfo("Europe/Paris")
     times = [datetime(2024, 10, 27, 2, 30, tzinfo=paris), datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris),
              None, datetime(1960, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc), datetime(2024, 3, 31, 2, 30, tzinfo=paris)]
@@ -248,7 +248,7 @@ def test_log_buffer_converts_slab_by_slab_and_times_as_pyarrow_does(tmp_path, mo
     # the server logs its own times as int microseconds since the epoch: the same instants
     as_micros = [dict(r, _ts=None if r["_ts"] is None else (r["_ts"] - datetime(1970, 1, 1, tzinfo=timezone.utc))
                       // timedelta(microseconds=1)) for r in rows]
-    monkeypatch.setattr(logwriter, "ROWS_A_SLAB", 4)
+    monkeypatch.setattr(logrows, "ROWS_A_SLAB", 4)
     mixed = [tuple(r.values()) for r in as_micros[:6]] + [tuple(r.values()) for r in rows[6:]]
     assert buf.arrow(mixed).equals(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA))
 

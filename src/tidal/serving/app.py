@@ -37,7 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
 from tidal.features.online import OnlineLookups
 from tidal.features.pipeline import record_values
-from tidal.infra.logwriter import LocalSink, NullableFloats, ProcessSink
+from tidal.infra.logrows import NullableFloats
+from tidal.infra.logwriter import LocalSink, ProcessSink
 from tidal.infra.workspace import Workspace
 from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes

@@ -4,8 +4,8 @@ Appending never waits: when the buffer is full the row is dropped and counted, s
 disk can never stall predictions. :meth:`flush` writes everything buffered in one commit.
 
 Rows are kept as tuples in the schema's column order; a large request's rows come as one
-chunk of columns instead (:meth:`append_columns`: no tuple per row). A flush hands them, in
-the order they came, to a sink (:mod:`tidal.infra.logwriter`) that turns them into Arrow and
+chunk of columns instead (:meth:`append_columns`: no tuple per row; see :mod:`tidal.infra.logrows`).
+A flush hands them, in the order they came, to a sink (:mod:`tidal.infra.logwriter`) that turns them into Arrow and
 commits: in the flushing thread (:class:`~tidal.infra.logwriter.LocalSink`, the default), or
 in a writer process (:class:`~tidal.infra.logwriter.ProcessSink`, the server's default), which
 keeps that work off the interpreter lock that the event loop needs.
@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from tidal.infra.lake import Lake
-from tidal.infra.logwriter import Chunk, LocalSink, WriterFailed, to_arrow
+from tidal.infra.logrows import Chunk, to_arrow
+from tidal.infra.logwriter import LocalSink, WriterFailed
 
 
 log = logging.getLogger("tidal.serving")
