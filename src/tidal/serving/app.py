@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import TypeAdapter, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
@@ -517,16 +518,10 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     add_run_routes(app, state)
     infer_bytes = add_compat_routes(app, state, Record)
     app.hot_routes[f"/v2/models/{spec.name}/infer"] = _hot_route(
-        lambda body, after, scope: infer_bytes(body, _header(scope, b"inference-header-content-length"), after=after),
+        lambda body, after, scope: infer_bytes(body, Headers(scope=scope).get("inference-header-content-length"),
+                                               after=after),
         state.metrics.requests, route="/v2")
     return app
-
-
-def _header(scope: dict, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
 
 
 class _TidalAPI(FastAPI):
