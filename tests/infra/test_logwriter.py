@@ -172,3 +172,48 @@ def test_a_hung_writer_process_is_killed_and_the_batch_written_here(tmp_path, mo
         assert buf.flush() == 1
     assert "TimeoutError" in caplog.text and sink._proc is None
     assert Lake(tmp_path).read("labels").column("_id").to_pylist() == ["a"]
+
+
+def test_a_batch_committed_by_a_writer_that_died_before_answering_is_not_committed_again(tmp_path, monkeypatch,
+                                                                                         caplog):
+    import subprocess
+    import sys
+
+    # the first writer process commits the batch, then dies instead of answering; the next one answers
+    marker = tmp_path / "died-once"
+    dies_after_commit = [sys.executable, "-c", (
+        "import os, sys, pathlib\n"
+        "from tidal.infra import logwriter\n"
+        "marker, send = pathlib.Path(sys.argv[2]), logwriter._send\n"
+        "def send_or_die(stream, payload):\n"
+        "    if not marker.exists():\n"
+        "        marker.touch()\n"
+        "        os._exit(1)\n"
+        "    send(stream, payload)\n"
+        "logwriter._send = send_or_die\n"
+        "logwriter.serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)\n"), str(tmp_path / "lake"), str(marker)]
+    popen = subprocess.Popen
+    monkeypatch.setattr(logwriter.subprocess, "Popen", lambda args, **kw: popen(dies_after_commit, **kw))
+    sink = ProcessSink(tmp_path / "lake")
+    buf = LogBuffer(lake=Lake(tmp_path / "lake"), table="labels", schema=SCHEMA, capacity=10, sink=sink)
+    try:
+        buf.append(("a", 1, 1.0, True, 1))
+        buf.append_columns({"_id": ["b", "c"], "_ts": [2, 3], "x": [2.0, 3.0], "n": [2, 3]}, 2)
+        assert buf.flush() == 3  # resent to a new writer, which finds it committed
+        assert marker.exists() and len(buf) == 0 and buf.written == 3
+        buf.append(("d", 4, 4.0, True, 4))
+        assert buf.flush() == 1  # the next batch: written as usual
+    finally:
+        sink.close()
+    lake = Lake(tmp_path / "lake")
+    assert sorted(lake.read("labels").column("_id").to_pylist()) == ["a", "b", "c", "d"]  # each once
+    assert lake.version("labels") == 1
+
+
+def test_a_resent_batch_the_table_does_not_hold_is_written(tmp_path):
+    sink = LocalSink(Lake(tmp_path))
+    assert sink.write("labels", SCHEMA, [("a", 1, 1.0, True, 1)], txn=("server-1", 1)) == 1
+    assert sink.write("labels", SCHEMA, [("a", 1, 1.0, True, 1)], txn=("server-1", 1), resent=True) == 1
+    assert sink.write("labels", SCHEMA, [("b", 2, 2.0, True, 2)], txn=("server-1", 2), resent=True) == 1
+    assert sink.write("labels", SCHEMA, [("c", 3, 3.0, True, 3)], txn=("server-2", 1), resent=True) == 1
+    assert sorted(Lake(tmp_path).read("labels").column("_id").to_pylist()) == ["a", "b", "c"]

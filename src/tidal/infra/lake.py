@@ -72,11 +72,21 @@ class TableWriter:
         self.path = path
         self._table: DeltaTable | None = None
 
-    def append(self, data: pa.Table, *, commit_info: dict[str, str] | None = None) -> int:
-        """Append ``data`` in one commit and return the new table version."""
-        from deltalake import CommitProperties
+    def append(self, data: pa.Table, *, commit_info: dict[str, str] | None = None,
+               txn: tuple[str, int] | None = None) -> int:
+        """Append ``data`` in one commit and return the new table version.
 
-        props = CommitProperties(custom_metadata=commit_info) if commit_info else None
+        ``txn`` (an application id and a number that grows with each of its batches) is recorded
+        in the same commit as a Delta transaction identifier, so that :meth:`committed` can tell
+        afterwards whether that batch made it in (a batch resent after a lost answer is then
+        not written twice).
+        """
+        from deltalake import CommitProperties, Transaction
+
+        props = None
+        if commit_info or txn:
+            props = CommitProperties(custom_metadata=commit_info,
+                                     app_transactions=[Transaction(*txn)] if txn else None)
         try:
             write_deltalake(self._table if self._table is not None else self.path, data, mode="append",
                             commit_properties=props, schema_mode="merge")
@@ -86,3 +96,15 @@ class TableWriter:
         if self._table is None:
             self._table = DeltaTable(self.path)
         return self._table.version()
+
+    def committed(self, txn: tuple[str, int]) -> bool:
+        """Whether the batch ``txn`` (or a later one of the same application) is in the table."""
+        try:
+            if self._table is None:
+                self._table = DeltaTable(self.path)
+            else:
+                self._table.update_incremental()
+        except TableNotFoundError:
+            return False
+        done = self._table.transaction_version(txn[0])
+        return done is not None and done >= txn[1]

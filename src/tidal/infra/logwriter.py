@@ -14,9 +14,10 @@ columns (:mod:`tidal.infra.logrows`). A sink turns such a batch into one Arrow t
   written, or an error with nothing lost (the buffer keeps them for the next flush).
 
 Wire format (pipes, one frame per message: 4-byte little-endian length, then msgpack): the
-server sends ``{"table", "schema" (Arrow IPC, the first time a table is written), "parts": k}``
-then ``k`` parts, ``[0, rows]`` or ``[1, n, columns]``; the writer answers ``{"rows", "version"}``
-or ``{"error"}``. The writer exits when its input closes (the server stopped or died).
+server sends ``{"table", "schema" (Arrow IPC, the first time a table is written), "parts": k, "txn": [app id, n],
+"resent"}`` then ``k`` parts, ``[0, rows]`` or ``[1, n, columns]``; the writer answers ``{"rows"}``
+or ``{"error"}``. ``txn`` is the batch's Delta transaction identifier, committed with it: a batch
+resent after its writer died (``resent``) is committed only if the table does not hold it yet. The writer exits when its input closes (the server stopped or died).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -56,14 +58,14 @@ class LocalSink:
         self.lake = lake
         self._writers: dict[str, Any] = {}
 
-    def write(self, table: str, schema: pa.Schema, items: Sequence[Any]) -> int:
-        """Append ``items`` to ``table`` in one commit; the rows written."""
-        data = to_arrow(schema, items)
+    def write(self, table: str, schema: pa.Schema, items: Sequence[Any], *, txn: tuple[str, int] | None = None,
+              resent: bool = False) -> int:
+        """Append ``items`` to ``table`` in one commit; the rows written. ``txn`` is recorded with
+        the commit; with ``resent`` (the batch may be in already), a batch found in is not written again."""
         writer = self._writers.get(table)
         if writer is None:
             writer = self._writers[table] = self.lake.writer(table)
-        writer.append(data)
-        return data.num_rows
+        return _commit(writer, schema, items, txn, resent)
 
     def close(self) -> None:
         self._writers.clear()
@@ -87,6 +89,9 @@ class ProcessSink:
         self._local: LocalSink | None = None  # the fallback when the process cannot be kept running
         self._local_until = 0.0  # monotonic time until which batches are written here (the process failed)
         self.answer_timeout_s = ANSWER_TIMEOUT_S
+        # each batch's transaction identifier: a batch resent after a lost answer is not committed twice
+        self._app_id = f"tidal-log-{uuid.uuid4().hex}"
+        self._batches = 0
 
     def start(self) -> None:
         """Start the writer process now (otherwise the first write does)."""
@@ -104,10 +109,14 @@ class ProcessSink:
     def write(self, table: str, schema: pa.Schema, items: Sequence[Any]) -> int:
         """Append ``items`` to ``table`` in one commit, by the writer process; the rows written.
         Raises :class:`WriterFailed` when the writer refuses them (they were not committed). A writer
-        that dies is restarted once; if it dies again (or cannot start) the batch is written here
-        (if it died between its commit and its answer, those rows are in the lake twice)."""
+        that dies is restarted once and the batch resent; if it dies again (or cannot start) the
+        batch is written here. A resent batch carries its first transaction identifier, so that if
+        the dead writer had committed it before answering, it is not committed again."""
+        with self._lock:
+            self._batches += 1
+            txn = (self._app_id, self._batches)
         if time.monotonic() < self._local_until:  # the process failed lately: written here meanwhile
-            return self._fallback().write(table, schema, items)
+            return self._fallback().write(table, schema, items, txn=txn)
         try:
             frames = self._frames(items)
         except (TypeError, OverflowError) as exc:  # a value msgpack cannot carry: pyarrow may still take it here
@@ -118,7 +127,7 @@ class ProcessSink:
                 proc = None
                 try:
                     proc = self._ensure()
-                    header = {"table": table, "parts": len(frames),
+                    header = {"table": table, "parts": len(frames), "txn": txn, "resent": attempt > 1,
                               "schema": None if table in self._schemas_sent else schema.serialize().to_pybytes()}
                     assert proc.stdin is not None and proc.stdout is not None
                     _send(proc.stdin, self._encoder.encode(header))
@@ -139,7 +148,7 @@ class ProcessSink:
                     self._local_until = time.monotonic() + RETRY_AFTER_S
                     log.warning("the log writer process failed twice (%s: %s); writing in this process for %d s",
                                 type(exc).__name__, exc, RETRY_AFTER_S)
-                    return self._fallback().write(table, schema, items)
+                    return self._fallback().write(table, schema, items, txn=txn, resent=True)
                 except BaseException:  # mid-exchange (a garbled answer, an interrupt): the pipes are out of step
                     if proc is not None:
                         self._stop(proc)
@@ -232,6 +241,17 @@ def _ext_hook(code: int, data: memoryview) -> Any:
     raise ValueError(f"unknown msgpack extension {code}")
 
 
+def _commit(writer: Any, schema: pa.Schema, items: Sequence[Any], txn: tuple[str, int] | None, resent: bool) -> int:
+    """Commit ``items`` with ``writer`` (a :class:`~tidal.infra.lake.TableWriter`); the rows.
+    A ``resent`` batch that the table already holds (its ``txn`` is in) is not written again."""
+    if resent and txn is not None and writer.committed(txn):
+        log.warning("a resent log batch was already committed (%s #%d); not written again", *txn)
+        return sum(item.n if type(item) is Chunk else 1 for item in items)
+    data = to_arrow(schema, items)
+    writer.append(data, txn=txn)
+    return data.num_rows
+
+
 def _send(stream: BinaryIO, payload: bytes) -> None:
     stream.write(_LENGTH.pack(len(payload)))
     stream.write(payload)
@@ -297,12 +317,11 @@ def serve(lake_root: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
                     items.append(decoded)
                 else:
                     items.extend(decoded)
-            data = to_arrow(schema, items)
             writer = writers.get(table)
             if writer is None:
                 writer = writers[table] = lake.writer(table)
-            version = writer.append(data)
-            reply: dict[str, Any] = {"rows": data.num_rows, "version": version}
+            txn = tuple(header["txn"]) if header.get("txn") else None
+            reply: dict[str, Any] = {"rows": _commit(writer, schema, items, txn, bool(header.get("resent")))}
         except Exception as exc:  # noqa: BLE001 - answered: the server keeps the rows and logs the error
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         _send(stdout, msgspec.msgpack.encode(reply))
