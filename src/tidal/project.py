@@ -187,7 +187,7 @@ class Project:
     def registry(self) -> Any:
         from tidal.registry.registry import Registry
 
-        return Registry(self.ws, approval_required_for=self.spec.registry.approval_required_for)
+        return Registry.for_spec(self.ws, self.spec)
 
     def promote(self, version: int | str = "latest", *, actor: str | None = None, reason: str = "promoted",
                 force: bool = False, stage: str = "production") -> dict[str, Any]:

@@ -31,6 +31,13 @@ class Registry:
         self.ws = ws
         self.approval_required_for = tuple(approval_required_for)
 
+    @classmethod
+    def for_spec(cls, ws: Workspace, spec: Any) -> "Registry":
+        """The registry of ``ws`` under ``spec``'s policy (its ``registry.approval_required_for``):
+        what anything that moves versions between stages must use. ``Registry(ws)`` alone enforces
+        rejections only, which suits readers (load, resolve, lineage)."""
+        return cls(ws, approval_required_for=spec.registry.approval_required_for)
+
     def register(self, *, run_id: str, bundle_path: str, manifest_sha256: str, metrics: dict[str, Any],
                  actor: str | None = None) -> int:
         store = self.ws.store

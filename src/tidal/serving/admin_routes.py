@@ -55,7 +55,7 @@ def add_admin_routes(app: FastAPI, state: Any) -> None:
 
     async def decide(request: Request, version: str, body: Decision, decision: str) -> dict[str, Any]:
         require_token(request, env)
-        registry = Registry(state.ws, approval_required_for=state.spec.registry.approval_required_for)
+        registry = Registry.for_spec(state.ws, state.spec)
         act = registry.approve if decision == "approve" else registry.reject
         return jsonable_encoder(await asyncio.to_thread(act, version, actor=body.actor or "http", reason=body.reason))
 

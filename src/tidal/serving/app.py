@@ -200,7 +200,7 @@ class ServerState:
             return None
         g = self.spec.guardrails
         limits = {"max_error_rate": g.max_error_rate, "p99_ms": g.p99_latency_ms, "min_requests": g.min_live_requests}
-        registry = Registry(self.ws)
+        registry = Registry.for_spec(self.ws, self.spec)
         deployment = self.deployment
         if deployment.canary is not None and (why := breach(self.live.summary(deployment.canary.version), **limits)):
             registry.withdraw("canary", actor="tidal-watchdog", reason=f"auto-rollback of the canary: {why}")

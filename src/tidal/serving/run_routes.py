@@ -31,5 +31,5 @@ def add_run_routes(app: FastAPI, state: Any) -> None:
     @app.get("/v1/models/{version}", tags=["models"],
              summary="One model version's lineage, approval status and history")
     async def models_show(version: str) -> dict[str, Any]:
-        registry = Registry(state.ws, approval_required_for=state.spec.registry.approval_required_for)
+        registry = Registry.for_spec(state.ws, state.spec)
         return jsonable_encoder(await asyncio.to_thread(registry.lineage, version))

@@ -68,7 +68,7 @@ def retrain(ws: Workspace, spec: Spec, *, force: bool = False) -> dict[str, Any]
     if not reasons:
         return {"retrained": False, "promoted": False, "reasons": [], "message": "the policy did not fire"}
     policy = spec.retraining
-    registry = Registry(ws, approval_required_for=spec.registry.approval_required_for)
+    registry = Registry.for_spec(ws, spec)
     champion_row, champion = registry.load("production")
     versions = {"events": ws.lake.version("events"), "predictions": ws.lake.version("predictions"),
                 "labels": ws.lake.version("labels"), "holdout_share": policy.holdout_share}

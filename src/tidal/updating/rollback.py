@@ -29,7 +29,7 @@ def rollback_on_performance(ws: Workspace, spec: Spec, result: dict[str, Any]) -
     does better on the same labelled predictions. None when there is nothing to decide."""
     if not spec.serving.auto_rollback or not any(a["kind"] == "performance" for a in result.get("alerts", [])):
         return None
-    registry = Registry(ws)
+    registry = Registry.for_spec(ws, spec)
     current = ws.store.production()
     if current is None or current["version"] != result.get("model_version"):
         return None
