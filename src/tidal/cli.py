@@ -485,10 +485,14 @@ def promote(version: str = typer.Argument(..., help="Version number or 'latest'.
             to: str = typer.Option("production", "--to",
                                    help="production, canary (answers serving.canary_share of traffic) or shadow "
                                         "(scores a copy of the traffic, answers nobody)."),
+            new_api: bool = typer.Option(False, "--new-api",
+                                         help="The version breaks the API contract on purpose: publish the next API "
+                                              "version (/v2, ...) for it; the version it replaces goes on answering "
+                                              "the old one's clients."),
             spec: str = SpecOption) -> None:
     """Put a version in production, canary or shadow (the one it replaces there steps down)."""
     with _project(spec) as project:
-        row = project.promote(version, reason=reason, force=force, stage=to)
+        row = project.promote(version, reason=reason, force=force, stage=to, new_api=new_api)
     typer.echo(f"model version {row['version']} is now in {to}")
 
 
@@ -527,40 +531,80 @@ def reject(version: str = typer.Argument(..., help="Version number or 'latest'."
                "production")
 
 
-contract_app = typer.Typer(no_args_is_help=True, help="The API contract old clients rely on.")
+contract_app = typer.Typer(no_args_is_help=True, help="The API contracts old clients rely on, one per API version.")
 app.add_typer(contract_app, name="contract")
 
 
 @contract_app.command("show")
-def contract_show(spec: str = SpecOption) -> None:
-    """Print the /v1 contract (frozen by the first promotion)."""
+def contract_show(api: Optional[str] = typer.Option(None, "--api", help="v1, v2, ... (default: the newest)."),
+                  spec: str = SpecOption) -> None:
+    """Print an API version's contract (the first promotion freezes /v1; --new-api the next ones)."""
+    from tidal.errors import NotFound
     from tidal.registry.contracts import stored
 
     with _project(spec) as project:
-        contract = stored(project.ws)
+        contract = stored(project.ws, api)
+    if contract is None and api is not None:
+        raise NotFound(f"there is no /{api} API version", fix="see `tidal contract list`")
     if contract is None:
         typer.echo("no contract yet: the first promoted model version freezes it")
         return
     _out(contract)
 
 
+@contract_app.command("list")
+def contract_list(spec: str = SpecOption) -> None:
+    """Every API version: its inputs, and who answers it (production, a pinned version, or nobody: retired)."""
+    from tidal.registry.contracts import all_contracts
+
+    with _project(spec) as project:
+        every = all_contracts(project.ws)
+    if not every:
+        typer.echo("no contract yet: the first promoted model version freezes /v1")
+    for c in every:
+        answered = ("retired " + c["retired"]["at"][:19] + " (" + c["retired"]["reason"] + ")" if c.get("retired")
+                    else f"answered by model version {c['served_by']}" if c.get("served_by") is not None
+                    else "answered by the production version")
+        typer.echo(f"/{c['api']}  {len(c['inputs'])} inputs ({sum(i['required'] for i in c['inputs'].values())} "
+                   f"required)  {answered}")
+
+
 @contract_app.command("check")
 def contract_check(version: str = typer.Argument("latest", help="Version number or 'latest'."),
                    spec: str = SpecOption) -> None:
-    """Explain whether a model version may serve /v1 without breaking old clients."""
+    """Explain whether a model version may serve the newest API version without breaking its clients."""
     from tidal.errors import StateError
     from tidal.registry.contracts import check, stored
 
     with _project(spec) as project:
         row, bundle = project.registry.load(version)
-        if stored(project.ws) is None:
+        contract = stored(project.ws)
+        if contract is None:
             typer.echo(f"no contract yet: promoting version {row['version']} will freeze it")
             return
         problems = check(project.ws, bundle.signature, version=row["version"])
+    api = contract["api"]
     if problems:
-        raise StateError(f"model version {row['version']} breaks the /v1 contract", problems=problems)
-    typer.echo(f"model version {row['version']} keeps the /v1 contract: every request valid under it is accepted "
+        raise StateError(f"model version {row['version']} breaks the /{api} contract", problems=problems,
+                         fix=f"make the model keep it, or publish it under a new API version: "
+                             f"`tidal promote {row['version']} --new-api` (/{api}'s clients stay on the version "
+                             "in production)")
+    typer.echo(f"model version {row['version']} keeps the /{api} contract: every request valid under it is accepted "
                "and the response fields are the same")
+
+
+@contract_app.command("retire")
+def contract_retire(api: str = typer.Argument(..., help="The older API version to end, e.g. v1."),
+                    reason: str = typer.Option(..., "--reason", help="Why, for the audit trail."),
+                    by: Optional[str] = typer.Option(None, "--by", help="Who (default: the operating-system user)."),
+                    spec: str = SpecOption) -> None:
+    """End an older API version: its requests get 410 Gone naming the newest (servers see it within a reload tick)."""
+    from tidal.infra.actor import current_actor
+    from tidal.registry.contracts import retire
+
+    with _project(spec) as project:
+        retire(project.ws, api, actor=current_actor(by), reason=reason)
+    typer.echo(f"/{api} is retired: its requests are answered 410 Gone")
 
 
 @app.command()

@@ -144,3 +144,10 @@ class Unauthorized(TidalError, PermissionError):
 
     status_code = 401
     code = "unauthorized"
+
+
+class Gone(TidalError, LookupError):
+    """An API version that was retired: its clients must move to the newest."""
+
+    status_code = 410
+    code = "api_retired"

@@ -190,8 +190,10 @@ class Project:
         return Registry.for_spec(self.ws, self.spec)
 
     def promote(self, version: int | str = "latest", *, actor: str | None = None, reason: str = "promoted",
-                force: bool = False, stage: str = "production") -> dict[str, Any]:
+                force: bool = False, stage: str = "production", new_api: bool = False) -> dict[str, Any]:
         """Put a version in production after the promotion gate (``force`` skips it, and the audit says so).
+        ``new_api`` publishes the next API version for a version that breaks the newest contract
+        (:meth:`Registry.promote`).
 
         The gate checks the spec's guardrails (size, latency, metric floor), its fairness limits,
         and that the version's held-out cost per row is no worse than the production model's on
@@ -214,7 +216,7 @@ class Project:
         else:
             reason = (f"{reason} (guardrails skipped with --force: size, latency, metric floor, fairness and "
                       "business cost were not checked)")
-        return self.registry.promote(row["version"], actor=actor, reason=reason, stage=stage)
+        return self.registry.promote(row["version"], actor=actor, reason=reason, stage=stage, new_api=new_api)
 
     def rollback(self, *, actor: str | None = None, reason: str = "rollback") -> dict[str, Any]:
         return self.registry.rollback(actor=actor, reason=reason)

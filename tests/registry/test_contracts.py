@@ -90,3 +90,91 @@ def test_breaking_model_is_refused_and_explained(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tidal.cli", "contract", "check", "1", "--spec", str(spec_path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "keeps the /v1 contract" in r.stdout
+
+
+def test_a_breaking_model_is_published_as_a_new_api_version_and_old_clients_stay_on_the_old_one(tmp_path):
+    import time
+
+    from tidal.errors import NotFound
+
+    spec_path = _spec(tmp_path / "tidal.yaml")
+    with Project.open(spec_path) as project:
+        project.ingest(TELCO)
+        project.promote(project.train().version)
+    old_client = telco_records(3)  # no PhoneService
+    new_client = [dict(r, PhoneService="Yes") for r in old_client]
+    server = Server(spec_path, free_port())  # started before the new API version exists, on the old spec
+    try:
+        assert httpx.post(server.url + "/v1/predict", json=old_client).json()["model_version"] == 1
+        _spec(spec_path, PhoneService={"type": "categorical", "nullable": False})  # a new required input
+        with Project.open(spec_path) as project:
+            v2 = project.train().version
+            with pytest.raises(StateError, match="promote it with --new-api"):
+                project.promote(v2, force=True)
+            with pytest.raises(StateError, match="published by a promotion to production"):
+                project.promote(v2, stage="canary", new_api=True)
+            project.promote(v2, new_api=True, force=True)
+            assert project.registry.resolve("production")["version"] == v2
+            assert [c["api"] for c in project_contracts(project)] == ["v1", "v2"]
+            v1_contract, v2_contract = project_contracts(project)
+            assert v1_contract["served_by"] == 1 and v2_contract["inputs"]["PhoneService"]["required"]
+            assert "publishes /v2; version 1 goes on answering /v1" in project.registry.history()[-1]["reason"]
+            with pytest.raises(StateError, match="answers the /v1 API's clients"):
+                project.reject(1, reason="old")
+            v3 = project.train().version
+            with pytest.raises(StateError, match="keeps the /v2 contract: a new API version is for a breaking"):
+                project.promote(v3, new_api=True, force=True)
+        # the running server moves /v1 to its pinned version at its next reload: old clients never notice
+        deadline = time.monotonic() + 15
+        while httpx.post(server.url + "/v1/predict", json=old_client).json()["model_version"] != 1 \
+                or time.monotonic() < deadline - 14:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    server = Server(spec_path, free_port())  # on the new spec: /v2 validates the new input
+    try:
+        r1 = httpx.post(server.url + "/v1/predict", json=old_client)
+        assert r1.status_code == 200 and r1.json()["model_version"] == 1 and len(r1.json()["predictions"]) == 3
+        big = httpx.post(server.url + "/v1/predict", json=telco_records(40))  # the column-wise path too
+        assert big.status_code == 200 and big.json()["model_version"] == 1
+        r2 = httpx.post(server.url + "/v2/predict", json=new_client)
+        assert r2.status_code == 200 and r2.json()["model_version"] == v2
+        refused = httpx.post(server.url + "/v2/predict", json=old_client)
+        assert refused.status_code == 422 and "PhoneService" in refused.text
+        assert httpx.post(server.url + "/v3/predict", json=new_client).status_code == 404
+        assert "/v2/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]
+        cli = [sys.executable, "-m", "tidal.cli", "contract"]
+        listed = subprocess.run([*cli, "list", "--spec", str(spec_path)], capture_output=True, text=True, timeout=60)
+        assert "/v1" in listed.stdout and "answered by model version 1" in listed.stdout
+        assert "/v2" in listed.stdout and "answered by the production version" in listed.stdout
+        newest = subprocess.run([*cli, "retire", "v2", "--reason", "x", "--spec", str(spec_path)],
+                                capture_output=True, text=True, timeout=60)
+        assert newest.returncode == 1 and "only an older one can be retired" in newest.stderr
+        done = subprocess.run([*cli, "retire", "v1", "--reason", "clients moved to v2", "--spec", str(spec_path)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 15
+        while (gone := httpx.post(server.url + "/v1/predict", json=old_client)).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert gone.status_code == 410
+        error = gone.json()["error"]
+        assert error["code"] == "api_retired" and "clients moved to v2" in error["message"]
+        assert "/v2/predict" in error["fix"]
+    finally:
+        server.stop()
+    with Project.open(spec_path) as project:
+        project.reject(1, reason="retired with /v1")  # no longer answering anybody
+        with pytest.raises(NotFound):
+            from tidal.registry.contracts import retire
+            retire(project.ws, "v9", actor="me", reason="x")
+        project.ws.lake  # the log holds both versions' answers
+        logged = project.ws.lake.read("predictions").column("_version").to_pylist()
+    assert {1, v2} <= set(logged)
+
+
+def project_contracts(project):
+    from tidal.registry.contracts import all_contracts
+
+    return all_contracts(project.ws)

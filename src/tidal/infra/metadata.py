@@ -7,6 +7,7 @@ JSON payloads are stored as text so both backends behave the same.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -233,9 +234,14 @@ class MetadataStore:
         rows = self.select(sa.select(model_versions).where(model_versions.c.stage == stage))
         return rows[0] if rows else None
 
-    def set_stages(self, changes: list[tuple[int, str | None, str]], *, actor: str, reason: str) -> None:
-        """Apply several stage changes and their audit entries in one transaction."""
+    def set_stages(self, changes: list[tuple[int, str | None, str]], *, actor: str, reason: str,
+                   also: Sequence[tuple[sa.Table, sa.ColumnElement | None, dict[str, Any]]] = ()) -> None:
+        """Apply several stage changes and their audit entries in one transaction, with ``also``:
+        rows to insert (``where`` None) or update in the same transaction (e.g. a new API contract)."""
         with self.engine.begin() as conn:
+            for table, where, values in also:
+                conn.execute(table.insert().values(**_encode(values)) if where is None
+                             else table.update().where(where).values(**_encode(values)))
             for version, old, new in changes:
                 conn.execute(model_versions.update().where(model_versions.c.version == version)
                              .values(stage=new))

@@ -11,7 +11,12 @@ answers with the same fields:
 - a new input must be optional (it gets a default: null);
 - the task, target and positive class (so the response fields and their meaning) are the same.
 
-A breaking change needs a new API version; old clients keep working.
+A breaking change needs a new API version: ``tidal promote N --new-api`` freezes the next
+one (``/v2``, ...) from version N's signature, in the same transaction as the promotion. The
+production version it replaces goes on answering the old API's clients (the old contract
+records it as ``served_by``) until ``tidal contract retire`` ends that API; a server answers
+a retired API's requests with 410 Gone, naming the newest. Only the predict endpoint is
+versioned this way; the other routes (feedback, ingest, runs, models) stay under ``/v1``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tidal.errors import Problem, StateError
+from tidal.errors import InvalidArgument, NotFound, Problem, StateError
 from tidal.infra.metadata import contracts, now
 from tidal.infra.workspace import Workspace
 
@@ -65,27 +70,82 @@ def breaks(contract: dict[str, Any], signature: dict[str, Any]) -> list[Problem]
     return problems
 
 
-def stored(ws: Workspace, api: str = API_VERSION) -> dict[str, Any] | None:
+def api_number(api: str) -> int:
+    return int(api[1:])
+
+
+def all_contracts(ws: Workspace) -> list[dict[str, Any]]:
+    """Every API version's contract, oldest first."""
+    return sorted((r["contract"] for r in ws.store.select(sa.select(contracts))), key=lambda c: api_number(c["api"]))
+
+
+def stored(ws: Workspace, api: str | None = None) -> dict[str, Any] | None:
+    """The contract of ``api``, or of the newest API version when None; None if there is none."""
+    if api is None:
+        every = all_contracts(ws)
+        return every[-1] if every else None
     rows = ws.store.select(sa.select(contracts).where(contracts.c.api == api))
     return rows[0]["contract"] if rows else None
 
 
-def check(ws: Workspace, signature: dict[str, Any], *, version: int, api: str = API_VERSION) -> list[Problem]:
+def check(ws: Workspace, signature: dict[str, Any], *, version: int, api: str | None = None) -> list[Problem]:
+    """Every way ``signature`` breaks the contract of ``api`` (default: the newest API version)."""
     contract = stored(ws, api)
     return [] if contract is None else breaks(contract, signature)
 
 
-def enforce(ws: Workspace, signature: dict[str, Any], *, version: int, api: str = API_VERSION) -> None:
-    """Refuse a model that breaks the API's contract; freeze the contract on the first promotion."""
+Write = tuple[sa.Table, Any, dict[str, Any]]  # a row to insert (where None) or update, for MetadataStore.set_stages
+
+
+def enforce(ws: Workspace, signature: dict[str, Any], *, version: int, new_api: bool = False,
+            production: int | None = None) -> list[Write]:
+    """Refuse a model that breaks the newest API version's contract; return the contract writes
+    that go with its promotion (in the same transaction): the first contract, frozen from it, or
+    with ``new_api`` the next API version's, the old one then answered by ``production``."""
+    contract = stored(ws)
+    if contract is None:
+        return [(contracts, None, {"api": API_VERSION, "contract": contract_from_signature(signature, api=API_VERSION),
+                                   "from_version": version, "created_at": now()})]
+    api = contract["api"]
+    problems = breaks(contract, signature)
+    if not new_api:
+        if problems:
+            raise StateError(f"model version {version} breaks the /{api} contract", problems=problems,
+                             fix=f"see `tidal contract check {version}`; to publish it under a new API version while "
+                                 f"/{api}'s clients stay on the version in production, promote it with --new-api")
+        return []
+    if not problems:
+        raise StateError(f"model version {version} keeps the /{api} contract: a new API version is for a breaking "
+                         "change only", fix="promote it without --new-api")
+    if production is None:
+        raise StateError(f"no version is in production to go on answering /{api}'s clients",
+                         fix=f"promote a version that keeps /{api} first, or change the model to keep it")
+    following = f"v{api_number(api) + 1}"
+    return [(contracts, contracts.c.api == api, {"contract": dict(contract, served_by=production)}),
+            (contracts, None, {"api": following, "contract": contract_from_signature(signature, api=following),
+                               "from_version": version, "created_at": now()})]
+
+
+def retire(ws: Workspace, api: str, *, actor: str, reason: str) -> dict[str, Any]:
+    """End an older API version: its requests are answered 410 Gone, and its pinned version is free."""
     contract = stored(ws, api)
     if contract is None:
-        ws.store.insert(contracts, {"api": api, "contract": contract_from_signature(signature, api=api),
-                                    "from_version": version, "created_at": now()})
-        return
-    problems = breaks(contract, signature)
-    if problems:
-        raise StateError(f"model version {version} breaks the /{api} contract", problems=problems,
-                         fix="see `tidal contract check` for details")
+        raise NotFound(f"there is no /{api} API version", fix="see `tidal contract list`")
+    if contract.get("served_by") is None:
+        raise StateError(f"/{api} is the newest API version; only an older one can be retired")
+    if contract.get("retired"):
+        raise StateError(f"/{api} was retired already ({contract['retired']['reason']})")
+    if not (reason or "").strip():
+        raise InvalidArgument("retiring an API version needs a reason, for the audit trail", fix="pass --reason WHY")
+    contract = dict(contract, retired={"at": now().isoformat(), "actor": actor, "reason": reason.strip()})
+    ws.store.update(contracts, contracts.c.api == api, {"contract": contract})
+    return contract
+
+
+def pinned(ws: Workspace) -> dict[str, int]:
+    """The older API versions still answered, each with the model version that answers it."""
+    return {c["api"]: c["served_by"] for c in all_contracts(ws)
+            if c.get("served_by") is not None and not c.get("retired")}
 
 
 def describe(contract: dict[str, Any]) -> str:

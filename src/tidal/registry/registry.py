@@ -83,11 +83,18 @@ class Registry:
         return row, load_bundle(row["bundle_path"], expected_manifest_sha256=row["manifest_sha256"])
 
     def promote(self, version: int | str, *, actor: str | None = None, reason: str = "promoted",
-                stage: str = "production") -> dict[str, Any]:
+                stage: str = "production", new_api: bool = False) -> dict[str, Any]:
         """Move a version to ``stage`` (production, canary or shadow); the version it replaces
-        there steps down (production is archived; a canary or shadow goes back to candidate)."""
+        there steps down (production is archived; a canary or shadow goes back to candidate).
+
+        ``new_api``: the version breaks the newest API version's contract on purpose; its promotion
+        to production publishes the next API version, and the production version it replaces goes
+        on answering the old one (see :mod:`tidal.registry.contracts`)."""
         if stage not in ("production", "canary", "shadow"):
             raise StateError(f"cannot promote to {stage!r}", fix="use production, canary or shadow")
+        if new_api and stage != "production":
+            raise StateError("a new API version is published by a promotion to production",
+                             fix="promote it to production with --new-api")
         row = self.resolve(version)
         if row["stage"] == stage:
             raise StateError(f"model version {row['version']} is already in {stage}")
@@ -96,13 +103,18 @@ class Registry:
         self.check_approval(row["version"], stage)
         # verify the bundle, and that it keeps the API's contract, before it can serve
         bundle = load_bundle(row["bundle_path"], expected_manifest_sha256=row["manifest_sha256"])
-        contracts.enforce(self.ws, bundle.signature, version=row["version"])
-        changes: list[tuple[int, str | None, str]] = []
         current = self.ws.store.in_stage(stage)
+        writes = contracts.enforce(self.ws, bundle.signature, version=row["version"], new_api=new_api,
+                                   production=current["version"] if current and new_api else None)
+        if new_api:  # writes: the old contract (now served_by the current version), then the new one
+            (_, _, old), (_, _, new) = writes
+            reason = (f"{reason} (publishes /{new['api']}; version {current['version']} goes on answering "  # type: ignore[index]
+                      f"/{old['contract']['api']})")
+        changes: list[tuple[int, str | None, str]] = []
         if current is not None:
             changes.append((current["version"], stage, "archived" if stage == "production" else "candidate"))
         changes.append((row["version"], row["stage"], stage))
-        self.ws.store.set_stages(changes, actor=current_actor(actor), reason=reason)
+        self.ws.store.set_stages(changes, actor=current_actor(actor), reason=reason, also=writes)
         return self.resolve(row["version"])
 
     def withdraw(self, stage: str, *, actor: str | None = None, reason: str) -> dict[str, Any] | None:
@@ -134,7 +146,12 @@ class Registry:
                 f"cannot roll back to model version {previous['version']}: it was rejected by {last['actor']} "
                 f"({last['reason']})", fix="promote an approved version instead", version=previous["version"])
         bundle = load_bundle(previous["bundle_path"], expected_manifest_sha256=previous["manifest_sha256"])
-        contracts.enforce(self.ws, bundle.signature, version=previous["version"])
+        problems = contracts.check(self.ws, bundle.signature, version=previous["version"])
+        if problems:  # it served before a new API version was published: it cannot answer that one's clients
+            api = contracts.stored(self.ws)["api"]  # type: ignore[index]
+            raise StateError(f"cannot roll back to model version {previous['version']}: it breaks the /{api} contract "
+                             "published since it served", problems=problems,
+                             fix=f"promote a version that keeps /{api} instead")
         self.ws.store.set_stages([(current["version"], "production", "archived"),
                                   (previous["version"], previous["stage"], "production")],
                                  actor=current_actor(actor), reason=reason)
@@ -153,6 +170,11 @@ class Registry:
                 else "`tidal withdraw canary`"
             raise StateError(f"model version {row['version']} is serving in {row['stage']}; take it out of traffic "
                              "before rejecting it", fix=f"run {step}, then reject it", version=row["version"])
+        for api, served_by in contracts.pinned(self.ws).items():
+            if served_by == row["version"]:
+                raise StateError(f"model version {row['version']} answers the /{api} API's clients; retire that API "
+                                 "before rejecting it", fix=f"run `tidal contract retire {api} --reason WHY`, then "
+                                 "reject it", version=row["version"])
         return self._decide(row["version"], "rejected", reason=reason, actor=actor)
 
     def _decide(self, version: int | str, decision: str, *, reason: str, actor: str | None) -> dict[str, Any]:

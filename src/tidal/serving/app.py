@@ -1,7 +1,7 @@
 """The HTTP server: FastAPI on uvicorn, a thin face over the predictor, the registry and the lake.
 
-Hot path: POST /v1/predict is answered before FastAPI's middleware and routing (a plain ASGI
-handler on the event loop: no thread hop): bytes -> msgspec Struct generated from the record
+Hot path: POST /v1/predict (each API version's predict) is answered before FastAPI's middleware
+and routing (a plain ASGI handler on the event loop: no thread hop): bytes -> msgspec Struct generated from the record
 model (the pydantic model only when msgspec refuses the body, to accept what it accepts or
 name every problem) -> pipeline -> LightGBM -> orjson; the prediction log is an append of
 one tuple per row to a bounded buffer. A request of :data:`COLUMNS_FROM` records or more is
@@ -35,12 +35,13 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tidal.errors import NotReady, Problem, RequestValidationError, TidalError
+from tidal.errors import Gone, NotFound, NotReady, Problem, RequestValidationError, TidalError
 from tidal.features.online import OnlineLookups
 from tidal.features.pipeline import record_values
 from tidal.infra.logrows import NullableFloats
 from tidal.infra.logwriter import LocalSink, ProcessSink
 from tidal.infra.workspace import Workspace
+from tidal.registry import contracts
 from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes
 from tidal.serving.compat_routes import add_compat_routes
@@ -50,7 +51,8 @@ from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import SMALL_BATCH, Predictor
 from tidal.serving.routing import Deployment, LiveStats, breach
 from tidal.serving.run_routes import add_run_routes
-from tidal.serving.schema import FeedbackResponse, PredictResponse, feedback_model, record_decoder, record_model
+from tidal.serving.schema import (FeedbackResponse, PredictResponse, contract_record_model, feedback_model,
+                                  record_decoder, record_model)
 from tidal.spec import Spec
 
 log = logging.getLogger("tidal.serving")
@@ -134,6 +136,10 @@ class ServerState:
                                 capacity=spec.serving.log_buffer_size, sink=self.log_sink)
         self.logged_columns = [f.name for f in self.predictions.schema if not f.name.startswith("_")]
         self._scored_counters: dict[int, Any] = {}
+        # the API versions (contracts): the newest is answered by the deployment, an older one by its pinned version
+        self.apis: dict[str, dict[str, Any]] = {}  # every API version's contract, by name
+        self.newest_api = contracts.API_VERSION
+        self.pinned: dict[str, Predictor] = {}  # older API version -> the version answering it (not retired)
         self.lookups = OnlineLookups(spec) if spec.lookups else None
         self.history = None  # the history features, from the online store (no I/O until sync_history)
         if spec.history:
@@ -219,23 +225,45 @@ class ServerState:
                 return f"rolled back {production.version} to {back['version']}: {why}"
         return None
 
+    def load_apis(self) -> bool:
+        """Read the API versions and load the version pinned to each older one; True if any changed."""
+        every = {c["api"]: c for c in contracts.all_contracts(self.ws)}
+        if every == self.apis:
+            return False
+        pins = {api: c["served_by"] for api, c in every.items() if c.get("served_by") is not None and not c.get("retired")}
+        current = self.deployment
+        loaded = {p.version: p for p in (*self.pinned.values(), current.production, current.canary, current.shadow) if p}
+        registry = Registry(self.ws)
+        pinned = {}
+        for api, version in pins.items():
+            pinned[api] = loaded.get(version) or Predictor(version=version, bundle=registry.load(version)[1])
+        newest = max(every, key=contracts.api_number) if every else contracts.API_VERSION
+        self.pinned, self.newest_api, self.apis = pinned, newest, every  # a request reads pinned once
+        log.info("API versions: /%s answered by production%s", newest,
+                 "".join(f", /{a} by version {p.version}" for a, p in pinned.items()))
+        return True
+
     def reload(self) -> None:
         """The background reload: new versions in, then the watchdog."""
         self.load_production()
         self.watchdog()
+        self.load_apis()
 
-    def score(self, records: list[dict[str, Any]], *, after: "AfterAnswer | None" = None
-              ) -> tuple[int, list[dict[str, Any]]]:
+    def score(self, records: list[dict[str, Any]], *, after: "AfterAnswer | None" = None,
+              predictor: Predictor | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Score validated records with the model in service and log each prediction.
 
         Every protocol (tidal's /v1, OIP v2, MLflow's /invocations) comes through here. With
-        ``after``, the log's append waits there until the answer is sent (the hot route).
+        ``after``, the log's append waits there until the answer is sent (the hot route). With
+        ``predictor`` (an older API version's pinned version), that one answers: no canary, no shadow.
         """
         deployment = self.deployment  # read once: a swap mid-request cannot mix two models
-        key = records[0].get(self.spec.entity_key) if self.spec.entity_key else None
-        if key is None and deployment.canary is not None:  # without a canary the key is not used
-            key = uuid.uuid4().int
-        predictor = deployment.route(key)
+        shadow = None
+        if predictor is None:
+            key = records[0].get(self.spec.entity_key) if self.spec.entity_key else None
+            if key is None and deployment.canary is not None:  # without a canary the key is not used
+                key = uuid.uuid4().int
+            predictor, shadow = deployment.route(key), deployment.shadow
         if predictor is None:
             raise NotReady("no model is in production yet", fix="run `tidal promote latest`")
         if self.lookups is not None or self.history is not None:
@@ -269,7 +297,7 @@ class ServerState:
             log_rows()
         else:
             after.tasks.append(log_rows)
-        if deployment.shadow is not None:  # scored later, off the hot path
+        if shadow is not None:  # scored later, off the hot path
             self.shadow_queue.append((records, ids, now))
         self._scored(version).inc(len(records))
         return version, out
@@ -346,8 +374,6 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
     state = ServerState(spec, ws)
     Record = record_model(spec)
     Feedback = feedback_model(spec)
-    one_record, many_records = TypeAdapter(Record), TypeAdapter(list[Record])
-    fast_records = record_decoder(Record, columns_from=COLUMNS_FROM)
     one_feedback, many_feedback = TypeAdapter(Feedback), TypeAdapter(list[Feedback])
 
     @contextlib.asynccontextmanager
@@ -358,6 +384,11 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             await asyncio.to_thread(state.load_production)
         except TidalError:
             log.exception("could not load the production model; /readyz reports not ready")
+        try:
+            await asyncio.to_thread(state.load_apis)
+        except TidalError:
+            log.exception("could not load the model versions pinned to older API versions")
+        route_apis()
         try:
             await asyncio.to_thread(state.refresh_lookups)
         except TidalError:
@@ -371,7 +402,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         gc.collect()
         gc.freeze()
         tasks = [asyncio.create_task(_every(spec.serving.flush_interval_s, state.flush)),
-                 asyncio.create_task(_every(spec.serving.reload_interval_s, state.reload))]
+                 asyncio.create_task(_every(spec.serving.reload_interval_s, reload))]
         if state.lookups is not None:
             tasks.append(asyncio.create_task(_every(spec.serving.reload_interval_s, state.refresh_lookups)))
         if state.history is not None:  # events ingested elsewhere (CLI, another server) reach the store
@@ -384,6 +415,10 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         await asyncio.to_thread(state.log_sink.close)
         if state.history is not None:
             state.history.store.close()
+
+    def reload() -> None:
+        state.reload()
+        route_apis()
 
     app = _TidalAPI(title=f"tidal: {spec.name}", version="1", lifespan=lifespan,
                     description=spec.description or f"Predictions of {spec.target}.")
@@ -425,22 +460,55 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             raise RequestValidationError(f"the {what} does not fit the API contract",
                                          problems=_problems(exc, "body")) from None
 
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra={"requestBody": {
+    newest_api = (contracts.stored(ws) or {}).get("api", contracts.API_VERSION)  # OpenAPI documents the newest
+
+    @app.post(f"/{newest_api}/predict", response_model=PredictResponse, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": {
             "oneOf": [{"$ref": f"#/components/schemas/{Record.__name__}"},
                       {"type": "array", "items": {"$ref": f"#/components/schemas/{Record.__name__}"}}]}}}}})
     async def predict(request: Request) -> Response:  # served by predict_bytes before routing; kept for OpenAPI
         return Response(predict_bytes(await request.body()), media_type="application/json")
 
-    def records_of(body: bytes) -> list[dict[str, Any]]:
-        records = fast_records(body) if fast_records is not None else None
-        if records is None:  # pydantic accepts it the same way or names every problem
-            records = [r.__dict__ for r in _parse(body, one_record, many_records, "record")]
-        return records
+    def records_reader(model: Any) -> Any:
+        """A reader of request bodies into validated records of the record model ``model``."""
+        fast = record_decoder(model, columns_from=COLUMNS_FROM)
+        one, many = TypeAdapter(model), TypeAdapter(list[model])  # type: ignore[valid-type]
 
-    def predict_bytes(body: bytes, after: AfterAnswer | None = None) -> bytes:
+        def read(body: bytes) -> list[dict[str, Any]]:
+            records = fast(body) if fast is not None else None
+            if records is None:  # pydantic accepts it the same way or names every problem
+                records = [r.__dict__ for r in _parse(body, one, many, "record")]
+            return records
+
+        return read
+
+    records_of = records_reader(Record)
+    older_readers: dict[str, Any] = {}  # an older API version's reader, from its contract
+
+    def predict_any(body: bytes, after: AfterAnswer | None, scope: dict) -> bytes:
+        """POST /{api}/predict: the newest API version is answered by the deployment (production,
+        canary, shadow), an older one by the version pinned to it; a retired one is gone."""
+        api = scope["path"][1:-len("/predict")]
+        if api == state.newest_api:
+            return predict_bytes(body, after)
+        pinned = state.pinned.get(api)
+        if pinned is None:
+            newest = f"/{state.newest_api}/predict"
+            retired = (state.apis.get(api) or {}).get("retired")
+            if retired:
+                raise Gone(f"/{api} was retired on {retired['at'][:10]} ({retired['reason']})",
+                           fix=f"send requests to {newest}; its contract: `tidal contract show`")
+            raise NotFound(f"there is no /{api} API version", fix=f"send requests to {newest}")
+        read = older_readers.get(api)
+        if read is None:
+            read = older_readers[api] = records_reader(contract_record_model(spec, state.apis[api]))
+        return predict_bytes(body, after, read=read, predictor=pinned)
+
+    def predict_bytes(body: bytes, after: AfterAnswer | None = None, *, read: Any = None,
+                      predictor: Predictor | None = None) -> bytes:
         """The answer to a POST /v1/predict body. With ``after`` (the hot route), the prediction log's
-        append, freeing the request's objects and resuming the collector wait until it is sent."""
+        append, freeing the request's objects and resuming the collector wait until it is sent.
+        ``read`` and ``predictor``: an older API version's reader and pinned version."""
         started = time.perf_counter()
         # a large request allocates thousands of short-lived containers (a tuple a decoded record, a
         # dict an answer), enough to run the cyclic collector several times over while they are alive
@@ -450,8 +518,8 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         if pause:
             gc.disable()
         try:
-            records = records_of(body)
-            version, out = state.score(records, after=after)
+            records = (read or records_of)(body)
+            version, out = state.score(records, after=after, predictor=predictor)
             state.metrics.latency.observe(time.perf_counter() - started)
             payload = orjson.dumps({"model_version": version, "predictions": out})
             if after is not None:
@@ -463,8 +531,15 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             elif pause:
                 gc.enable()
 
-    app.hot_routes = {"/v1/predict": _hot_route(lambda body, after, scope: predict_bytes(body, after),
-                                                 state.metrics.requests, route="/v1/predict")}
+    def route_apis() -> None:
+        """A hot route for every API version's predict path (new ones appear at a reload)."""
+        for api in (contracts.API_VERSION, *state.apis):
+            path = f"/{api}/predict"
+            if path not in app.hot_routes:
+                app.hot_routes[path] = _hot_route(predict_any, state.metrics.requests, route=path)
+
+    app.hot_routes = {}
+    route_apis()
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": {
@@ -525,7 +600,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
 
 
 class _TidalAPI(FastAPI):
-    """FastAPI, with the scoring routes (``POST /v1/predict``, OIP v2's infer of this model) answered
+    """FastAPI, with the scoring routes (``POST /{api}/predict``, OIP v2's infer of this model) answered
     before its middleware and routing (the hot path); the routes stay declared for OpenAPI."""
 
     hot_routes: dict[str, Any]

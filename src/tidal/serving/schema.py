@@ -47,7 +47,28 @@ def record_model(spec: Spec) -> type[BaseModel]:
         fields[spec.event_time] = (datetime | None, Field(None, description=(
             "When the row happens: lookups are read as of this time (default: now); history features are the "
             "entity's newest in the online store. Without a time zone, UTC.")))
-    return create_model(f"{spec.name.title().replace('-', '').replace('_', '')}Record", __base__=_Record, **fields)
+    return create_model(_model_name(spec), __base__=_Record, **fields)
+
+
+def _model_name(spec: Spec) -> str:
+    return f"{spec.name.title().replace('-', '').replace('_', '')}Record"
+
+
+def contract_record_model(spec: Spec, contract: dict[str, Any]) -> type[BaseModel]:
+    """One prediction input of an older API version: the inputs its contract froze, each with
+    its type and whether it is required (as the model version answering it was trained), plus
+    the fields the server itself reads (the entity key, lookup keys, event time) as
+    :func:`record_model` has them."""
+    current = record_model(spec)
+    fields: dict[str, Any] = {}
+    for name, item in contract["inputs"].items():
+        py = _TYPES[item["type"]]
+        desc = f"{item['type']} feature (/{contract['api']} contract)"
+        fields[name] = (py, Field(description=desc)) if item["required"] else (py | None, Field(None, description=desc))
+    for name, info in current.model_fields.items():
+        if name not in spec.features and name not in fields:
+            fields[name] = (info.annotation, info)
+    return create_model(f"{_model_name(spec)}{contract['api'].upper()}", __base__=_Record, **fields)
 
 
 def record_decoder(model: type[BaseModel], *, columns_from: int | None = None,
