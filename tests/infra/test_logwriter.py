@@ -217,3 +217,18 @@ def test_a_resent_batch_the_table_does_not_hold_is_written(tmp_path):
     assert sink.write("labels", SCHEMA, [("b", 2, 2.0, True, 2)], txn=("server-1", 2), resent=True) == 1
     assert sink.write("labels", SCHEMA, [("c", 3, 3.0, True, 3)], txn=("server-2", 1), resent=True) == 1
     assert sorted(Lake(tmp_path).read("labels").column("_id").to_pylist()) == ["a", "b", "c"]
+
+
+def test_log_files_skip_dictionaries_for_floats_and_ids_only(tmp_path):
+    import pyarrow.parquet as pq
+
+    items = [(f"id{i}", i, i / 7, i % 2 == 0, i % 3) for i in range(1000)]
+    assert LocalSink(Lake(tmp_path)).write("labels", SCHEMA, items) == 1000
+    files = list((tmp_path / "labels").glob("*.parquet"))
+    assert len(files) == 1
+    meta = pq.ParquetFile(files[0]).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: set(meta.column(i).encodings) for i in range(meta.num_columns)}
+    dictionary = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+    assert not encodings["x"] & dictionary and not encodings["_id"] & dictionary
+    assert encodings["n"] & dictionary  # repeating values keep theirs
+    assert Lake(tmp_path).read("labels").column("x").to_pylist() == [i / 7 for i in range(1000)]

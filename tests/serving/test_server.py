@@ -189,3 +189,28 @@ def test_graceful_shutdown_flushes_every_prediction(tmp_path, writer):
     assert log is not None and log.num_rows == 30
     assert all(not Path(f"/proc/{w}").exists() for w in writers)  # it stopped with the server
     project.close()
+
+
+def test_a_half_full_log_buffer_is_flushed_before_its_interval_and_nothing_is_dropped(tmp_path):
+    # a 10-minute interval and room for 400 rows: bursts of 300 rows a second are only kept by early flushes
+    project = make_project(tmp_path / "p", serving={"flush_interval_s": 600, "log_buffer_size": 400})
+    server = Server(project.spec_path, free_port())
+    try:
+        with httpx.Client(base_url=server.url) as c:
+            batch = telco_records(100)
+            assert c.post("/v1/predict", json=batch).status_code == 200
+            assert c.post("/v1/predict", json=batch[:50]).status_code == 200
+            assert project.ws.lake.read("predictions") is None  # 150 rows: under half, waiting for the interval
+            for _ in range(12):  # 1,200 rows in about 4 s, three times the buffer
+                assert c.post("/v1/predict", json=batch).status_code == 200
+                time.sleep(0.3)
+            deadline = time.monotonic() + 20
+            while (log := project.ws.lake.read("predictions")) is None or log.num_rows < 1200:
+                assert time.monotonic() < deadline, None if log is None else log.num_rows
+                time.sleep(0.2)
+            dropped = [line for line in c.get("/metrics").text.splitlines() if line.startswith("tidal_log_dropped ")]
+        assert dropped == ["tidal_log_dropped 0.0"]
+    finally:
+        server.stop()
+    assert project.ws.lake.read("predictions").num_rows == 1350
+    project.close()

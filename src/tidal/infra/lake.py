@@ -7,7 +7,9 @@ table version, so a training set can be rebuilt exactly from the versions a run 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -41,9 +43,10 @@ class Lake:
         """Append ``data`` in one commit and return the new table version."""
         return self.writer(table).append(data, commit_info=commit_info)
 
-    def writer(self, table: str) -> "TableWriter":
-        """An appender to ``table`` that keeps it open between commits (for a writer that commits often)."""
-        return TableWriter(self.path(table))
+    def writer(self, table: str, *, log: bool = False) -> "TableWriter":
+        """An appender to ``table`` that keeps it open between commits (for a writer that commits often).
+        ``log``: the table is a log written every second (see :func:`log_writer_properties`)."""
+        return TableWriter(self.path(table), properties=log_writer_properties if log else None)
 
     def version(self, table: str) -> int | None:
         try:
@@ -63,14 +66,33 @@ class Lake:
         return {t: self.version(t) for t in TABLES}
 
 
+def log_writer_properties(schema: pa.Schema) -> Any:
+    """Parquet settings for the prediction and label logs: no dictionary encoding for float
+    columns and the ``_id`` column. Their values hardly repeat (scores, a request's numbers,
+    random ids), so the writer builds a dictionary, finds it too large and falls back to plain
+    encoding anyway: about 5/6 of the log writer's CPU. Measured on 300,000 log rows of 31
+    columns: 425 ms -> 69 ms, and the files are 7% smaller. Other columns keep their dictionaries
+    (versions, decisions, categories repeat)."""
+    from deltalake import ColumnProperties, WriterProperties
+
+    plain = ColumnProperties(dictionary_enabled=False)
+    return WriterProperties(column_properties={f.name: plain for f in schema
+                                               if pa.types.is_floating(f.type) or f.name == "_id"})
+
+
 class TableWriter:
     """Appends to one Delta table, keeping it open: after the first commit, each commit reads the
     table's log once (the write updates the open table in place) instead of opening it twice.
-    Not thread-safe: one writer per thread (a log buffer serialises its flushes)."""
+    Not thread-safe: one writer per thread (a log buffer serialises its flushes).
 
-    def __init__(self, path: str) -> None:
+    ``properties``: the Parquet writer settings for a table of a given schema (None: delta-rs's defaults).
+    """
+
+    def __init__(self, path: str, *, properties: Callable[[pa.Schema], Any] | None = None) -> None:
         self.path = path
         self._table: DeltaTable | None = None
+        self._properties = properties
+        self._settings: tuple[pa.Schema, Any] | None = None  # the last schema's settings
 
     def append(self, data: pa.Table, *, commit_info: dict[str, str] | None = None,
                txn: tuple[str, int] | None = None) -> int:
@@ -87,9 +109,14 @@ class TableWriter:
         if commit_info or txn:
             props = CommitProperties(custom_metadata=commit_info,
                                      app_transactions=[Transaction(*txn)] if txn else None)
+        settings = None
+        if self._properties is not None:
+            if self._settings is None or self._settings[0] != data.schema:
+                self._settings = (data.schema, self._properties(data.schema))
+            settings = self._settings[1]
         try:
             write_deltalake(self._table if self._table is not None else self.path, data, mode="append",
-                            commit_properties=props, schema_mode="merge")
+                            commit_properties=props, schema_mode="merge", writer_properties=settings)
         except BaseException:
             self._table = None  # reopen on the next try
             raise

@@ -64,7 +64,7 @@ class LocalSink:
         the commit; with ``resent`` (the batch may be in already), a batch found in is not written again."""
         writer = self._writers.get(table)
         if writer is None:
-            writer = self._writers[table] = self.lake.writer(table)
+            writer = self._writers[table] = self.lake.writer(table, log=True)
         return _commit(writer, schema, items, txn, resent)
 
     def close(self) -> None:
@@ -319,7 +319,7 @@ def serve(lake_root: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
                     items.extend(decoded)
             writer = writers.get(table)
             if writer is None:
-                writer = writers[table] = lake.writer(table)
+                writer = writers[table] = lake.writer(table, log=True)
             txn = tuple(header["txn"]) if header.get("txn") else None
             reply: dict[str, Any] = {"rows": _commit(writer, schema, items, txn, bool(header.get("resent")))}
         except Exception as exc:  # noqa: BLE001 - answered: the server keeps the rows and logs the error

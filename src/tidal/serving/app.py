@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import deque
@@ -130,10 +131,11 @@ class ServerState:
         self.metrics = _Metrics()
         # the logs' Arrow conversion and Delta commits: in a writer process unless the spec says a thread
         self.log_sink = ProcessSink(ws.lake.root) if spec.serving.log_writer == "process" else LocalSink(ws.lake)
+        self.flush_due = threading.Event()  # a buffer is half full: flush now, not at the end of the interval
         self.predictions = LogBuffer(lake=ws.lake, table="predictions", schema=prediction_log_schema(spec),
-                                     capacity=spec.serving.log_buffer_size, sink=self.log_sink)
+                                     capacity=spec.serving.log_buffer_size, sink=self.log_sink, due=self.flush_due)
         self.labels = LogBuffer(lake=ws.lake, table="labels", schema=LABEL_SCHEMA,
-                                capacity=spec.serving.log_buffer_size, sink=self.log_sink)
+                                capacity=spec.serving.log_buffer_size, sink=self.log_sink, due=self.flush_due)
         self.logged_columns = [f.name for f in self.predictions.schema if not f.name.startswith("_")]
         self._scored_counters: dict[int, Any] = {}
         # the API versions (contracts): the newest is answered by the deployment, an older one by its pinned version
@@ -354,7 +356,17 @@ class ServerState:
             n += len(ids)
         return n
 
+    def flush_when_due(self) -> None:
+        """Flush once ``serving.flush_interval_s`` has passed, or sooner when a buffer is half full."""
+        self.flush_due.wait(self.spec.serving.flush_interval_s)
+        try:
+            self.flush()
+        except Exception:
+            time.sleep(self.spec.serving.flush_interval_s)  # a failing flush is retried at the interval, not at once
+            raise
+
     def flush(self) -> None:
+        self.flush_due.clear()
         self.score_shadow()
         for buf in (self.predictions, self.labels):
             buf.flush()
@@ -401,7 +413,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         # the collector's permanent generation: a full collection walked it all, 40-115 ms, mid-request
         gc.collect()
         gc.freeze()
-        tasks = [asyncio.create_task(_every(spec.serving.flush_interval_s, state.flush)),
+        tasks = [asyncio.create_task(_every(0, state.flush_when_due)),
                  asyncio.create_task(_every(spec.serving.reload_interval_s, reload))]
         if state.lookups is not None:
             tasks.append(asyncio.create_task(_every(spec.serving.reload_interval_s, state.refresh_lookups)))
@@ -410,6 +422,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
         yield
         for t in tasks:
             t.cancel()
+        state.flush_due.set()  # wakes a flush waiting for its interval
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(state.flush)  # graceful shutdown: nothing buffered is lost
         await asyncio.to_thread(state.log_sink.close)

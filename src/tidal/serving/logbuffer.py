@@ -31,7 +31,12 @@ log = logging.getLogger("tidal.serving")
 
 
 class LogBuffer:
-    def __init__(self, *, lake: Lake, table: str, schema: pa.Schema, capacity: int, sink: Any = None) -> None:
+    """``due`` is set once the buffer holds half its capacity: the flusher waits on it (as well as
+    on its interval), so a burst of large requests is written early instead of filling the
+    buffer and being dropped. Several buffers may share one."""
+
+    def __init__(self, *, lake: Lake, table: str, schema: pa.Schema, capacity: int, sink: Any = None,
+                 due: threading.Event | None = None) -> None:
         self.lake = lake
         self.table = table
         self.schema = schema
@@ -44,6 +49,8 @@ class LogBuffer:
         self._lock = threading.Lock()  # serialises flushes; appends never take it (deque ops)
         self.dropped = 0
         self.written = 0
+        self.due = due if due is not None else threading.Event()
+        self._half = max(1, capacity // 2)
 
     def __len__(self) -> int:
         return self._size
@@ -59,6 +66,8 @@ class LogBuffer:
         with self._size_lock:
             self._size += 1
         self._rows.append(row)
+        if self._size >= self._half and not self.due.is_set():
+            self.due.set()
         return True
 
     def extend(self, rows: list[tuple[Any, ...]] | list[Mapping[str, Any]]) -> int:
@@ -81,6 +90,8 @@ class LogBuffer:
             self._size += room
         self._rows.append(Chunk(chunk, room))
         self.dropped += n - room
+        if self._size >= self._half and not self.due.is_set():
+            self.due.set()
         return room
 
     def flush(self) -> int:
