@@ -94,3 +94,19 @@ def test_append_merges_a_new_column(lake):
     rows = _rows(lake.read("events"))
     assert [r["new"] for r in rows] == [None, "n"]
     assert lake.read("events", version=0).column_names == ["id", "tag", "x"]
+
+
+def test_a_table_writer_opens_its_table_afresh_every_so_many_commits(lake, monkeypatch):
+    from tidal.infra import lake as lake_module
+
+    monkeypatch.setattr(lake_module, "REOPEN_EVERY", 3)
+    writer = lake.writer("events", log=True)
+    tables, versions = [], []
+    for i in range(7):
+        versions.append(writer.append(_batch([i], "t")))
+        tables.append(writer._table)
+    assert versions == list(range(7))
+    # one open table for three commits, then a fresh one (None until the next commit opens it)
+    assert tables[0] is tables[1] is not None and tables[2] is None and tables[3] is tables[4] is not None
+    assert tables[5] is None and tables[6] is not None and tables[6] is not tables[3]
+    assert [r["id"] for r in _rows(lake.read("events"))] == list(range(7))

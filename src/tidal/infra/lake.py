@@ -80,10 +80,19 @@ def log_writer_properties(schema: pa.Schema) -> Any:
                                                if pa.types.is_floating(f.type) or f.name == "_id"})
 
 
+REOPEN_EVERY = 100  # commits through one open table before it is opened afresh (from the newest checkpoint)
+
+
 class TableWriter:
     """Appends to one Delta table, keeping it open: after the first commit, each commit reads the
     table's log once (the write updates the open table in place) instead of opening it twice.
     Not thread-safe: one writer per thread (a log buffer serialises its flushes).
+
+    The open table is dropped every :data:`REOPEN_EVERY` commits: delta-rs's in-memory state of
+    a table kept open grows with every commit made through it, and so does the cost of the
+    next commit (measured: 36 ms of CPU after 500 commits, 200 ms after 3,000, where a
+    table opened afresh commits in about 30 ms). The server's log writer commits every second,
+    so without this its commits got slower by the hour.
 
     ``properties``: the Parquet writer settings for a table of a given schema (None: delta-rs's defaults).
     """
@@ -93,6 +102,7 @@ class TableWriter:
         self._table: DeltaTable | None = None
         self._properties = properties
         self._settings: tuple[pa.Schema, Any] | None = None  # the last schema's settings
+        self._commits = 0  # through the open table
 
     def append(self, data: pa.Table, *, commit_info: dict[str, str] | None = None,
                txn: tuple[str, int] | None = None) -> int:
@@ -122,7 +132,12 @@ class TableWriter:
             raise
         if self._table is None:
             self._table = DeltaTable(self.path)
-        return self._table.version()
+            self._commits = 0
+        version = self._table.version()
+        self._commits += 1
+        if self._commits >= REOPEN_EVERY:
+            self._table = None
+        return version
 
     def committed(self, txn: tuple[str, int]) -> bool:
         """Whether the batch ``txn`` (or a later one of the same application) is in the table."""
