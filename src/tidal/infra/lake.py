@@ -101,7 +101,6 @@ class TableWriter:
         self.path = path
         self._table: DeltaTable | None = None
         self._properties = properties
-        self._settings: tuple[pa.Schema, Any] | None = None  # the last schema's settings
         self._commits = 0  # through the open table
 
     def append(self, data: pa.Table, *, commit_info: dict[str, str] | None = None,
@@ -119,11 +118,7 @@ class TableWriter:
         if commit_info or txn:
             props = CommitProperties(custom_metadata=commit_info,
                                      app_transactions=[Transaction(*txn)] if txn else None)
-        settings = None
-        if self._properties is not None:
-            if self._settings is None or self._settings[0] != data.schema:
-                self._settings = (data.schema, self._properties(data.schema))
-            settings = self._settings[1]
+        settings = self._properties(data.schema) if self._properties is not None else None
         try:
             write_deltalake(self._table if self._table is not None else self.path, data, mode="append",
                             commit_properties=props, schema_mode="merge", writer_properties=settings)

@@ -14,10 +14,12 @@ columns (:mod:`tidal.infra.logrows`). A sink turns such a batch into one Arrow t
   written, or an error with nothing lost (the buffer keeps them for the next flush).
 
 Wire format (pipes, one frame per message: 4-byte little-endian length, then msgpack): the
-server sends ``{"table", "schema" (Arrow IPC, the first time a table is written), "parts": k, "txn": [app id, n],
-"resent"}`` then ``k`` parts, ``[0, rows]`` or ``[1, n, columns]``; the writer answers ``{"rows"}``
-or ``{"error"}``. ``txn`` is the batch's Delta transaction identifier, committed with it: a batch
-resent after its writer died (``resent``) is committed only if the table does not hold it yet. The writer exits when its input closes (the server stopped or died).
+server sends ``{"table", "schema" (Arrow IPC, the first time a table is written), "parts": k,
+"txn": [app id, n], "resent"}`` then ``k`` parts, ``[0, rows]`` or ``[1, n, columns]``; the
+writer answers ``{"rows"}`` or ``{"error"}``. ``txn`` is the batch's Delta transaction
+identifier, committed with it: a batch resent after its writer died (``resent``) is committed
+only if the table does not hold it yet. The writer exits when its input closes (the server
+stopped or died).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ versioned this way; the other routes (feedback, ingest, runs, models) stay under
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -142,10 +143,10 @@ def retire(ws: Workspace, api: str, *, actor: str, reason: str) -> dict[str, Any
     return contract
 
 
-def pinned(ws: Workspace) -> dict[str, int]:
-    """The older API versions still answered, each with the model version that answers it."""
-    return {c["api"]: c["served_by"] for c in all_contracts(ws)
-            if c.get("served_by") is not None and not c.get("retired")}
+def pinned(every: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Of the contracts ``every`` (:func:`all_contracts`), the older API versions still answered,
+    each with the model version that answers it."""
+    return {c["api"]: c["served_by"] for c in every if c.get("served_by") is not None and not c.get("retired")}
 
 
 def describe(contract: dict[str, Any]) -> str:

@@ -170,7 +170,7 @@ class Registry:
                 else "`tidal withdraw canary`"
             raise StateError(f"model version {row['version']} is serving in {row['stage']}; take it out of traffic "
                              "before rejecting it", fix=f"run {step}, then reject it", version=row["version"])
-        for api, served_by in contracts.pinned(self.ws).items():
+        for api, served_by in contracts.pinned(contracts.all_contracts(self.ws)).items():
             if served_by == row["version"]:
                 raise StateError(f"model version {row['version']} answers the /{api} API's clients; retire that API "
                                  "before rejecting it", fix=f"run `tidal contract retire {api} --reason WHY`, then "

@@ -232,7 +232,7 @@ class ServerState:
         every = {c["api"]: c for c in contracts.all_contracts(self.ws)}
         if every == self.apis:
             return False
-        pins = {api: c["served_by"] for api, c in every.items() if c.get("served_by") is not None and not c.get("retired")}
+        pins = contracts.pinned(every.values())
         current = self.deployment
         loaded = {p.version: p for p in (*self.pinned.values(), current.production, current.canary, current.shadow) if p}
         registry = Registry(self.ws)
