@@ -148,6 +148,12 @@ def test_a_breaking_model_is_published_as_a_new_api_version_and_old_clients_stay
         listed = subprocess.run([*cli, "list", "--spec", str(spec_path)], capture_output=True, text=True, timeout=60)
         assert "/v1" in listed.stdout and "answered by model version 1" in listed.stdout
         assert "/v2" in listed.stdout and "answered by the production version" in listed.stdout
+        shown = subprocess.run([*cli, "show", "--api", "v1", "--spec", str(spec_path)], capture_output=True, text=True,
+                               timeout=60)
+        assert shown.returncode == 0 and '"served_by": 1' in shown.stdout and "PhoneService" not in shown.stdout
+        missing = subprocess.run([*cli, "show", "--api", "v7", "--spec", str(spec_path)], capture_output=True,
+                                 text=True, timeout=60)
+        assert missing.returncode == 1 and "no /v7 API version" in missing.stderr
         newest = subprocess.run([*cli, "retire", "v2", "--reason", "x", "--spec", str(spec_path)],
                                 capture_output=True, text=True, timeout=60)
         assert newest.returncode == 1 and "only an older one can be retired" in newest.stderr
