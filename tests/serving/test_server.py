@@ -185,6 +185,7 @@ def test_graceful_shutdown_flushes_every_prediction(tmp_path, writer):
         assert len(writers) == (1 if writer == "process" else 0)  # the process starts with the server
     finally:
         server.stop()
+    assert server.proc.returncode == 0  # SIGTERM: a graceful stop is a clean exit
     log = project.ws.lake.read("predictions")
     assert log is not None and log.num_rows == 30
     assert all(not Path(f"/proc/{w}").exists() for w in writers)  # it stopped with the server
