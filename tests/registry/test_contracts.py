@@ -143,7 +143,13 @@ def test_a_breaking_model_is_published_as_a_new_api_version_and_old_clients_stay
         refused = httpx.post(server.url + "/v2/predict", json=old_client)
         assert refused.status_code == 422 and "PhoneService" in refused.text
         assert httpx.post(server.url + "/v3/predict", json=new_client).status_code == 404
-        assert "/v2/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]
+        doc = httpx.get(server.url + "/openapi.json").json()
+        assert {"/v1/predict", "/v2/predict"} <= set(doc["paths"])  # each API version with its own record schema
+        v1_ref = doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
+        v1_schema = doc["components"]["schemas"][v1_ref["$ref"].rsplit("/", 1)[1]]
+        v2_ref = doc["paths"]["/v2/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
+        v2_schema = doc["components"]["schemas"][v2_ref["$ref"].rsplit("/", 1)[1]]
+        assert "PhoneService" not in v1_schema["properties"] and "PhoneService" in v2_schema["required"]
         cli = [sys.executable, "-m", "tidal.cli", "contract"]
         listed = subprocess.run([*cli, "list", "--spec", str(spec_path)], capture_output=True, text=True, timeout=60)
         assert "/v1" in listed.stdout and "answered by model version 1" in listed.stdout

@@ -473,14 +473,24 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             raise RequestValidationError(f"the {what} does not fit the API contract",
                                          problems=_problems(exc, "body")) from None
 
-    newest_api = (contracts.stored(ws) or {}).get("api", contracts.API_VERSION)  # OpenAPI documents the newest
+    # OpenAPI documents every API version answered at startup: the newest with the spec's record
+    # model, an older one with its contract's (the hot route answers them all: predict_any)
+    at_start = contracts.all_contracts(ws)
+    documented = {c["api"]: contract_record_model(spec, c) for c in at_start[:-1] if not c.get("retired")}
+    documented[at_start[-1]["api"] if at_start else contracts.API_VERSION] = Record
 
-    @app.post(f"/{newest_api}/predict", response_model=PredictResponse, openapi_extra={"requestBody": {
-        "required": True, "content": {"application/json": {"schema": {
-            "oneOf": [{"$ref": f"#/components/schemas/{Record.__name__}"},
-                      {"type": "array", "items": {"$ref": f"#/components/schemas/{Record.__name__}"}}]}}}}})
-    async def predict(request: Request) -> Response:  # served by predict_bytes before routing; kept for OpenAPI
-        return Response(predict_bytes(await request.body()), media_type="application/json")
+    def declare_predict(api: str, model: Any) -> None:
+        def many_or_one(name: str) -> dict[str, Any]:
+            return {"oneOf": [{"$ref": f"#/components/schemas/{name}"},
+                              {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}}]}
+
+        @app.post(f"/{api}/predict", response_model=PredictResponse, name=f"predict_{api}", openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": many_or_one(model.__name__)}}}})
+        async def predict(request: Request) -> Response:  # answered by the hot route before routing
+            return Response(predict_any(await request.body(), None, request.scope), media_type="application/json")
+
+    for api, model in documented.items():
+        declare_predict(api, model)
 
     def records_reader(model: Any) -> Any:
         """A reader of request bodies into validated records of the record model ``model``."""
@@ -593,7 +603,7 @@ def create_app(spec: Spec, ws: Workspace) -> FastAPI:
             return app.openapi_schema
         schema = original_openapi()
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (Record, Feedback):
+        for model in (*documented.values(), Feedback):
             s = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(s.pop("$defs", {}))
             comps[model.__name__] = s
