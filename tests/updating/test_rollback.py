@@ -49,3 +49,27 @@ def test_no_rollback_without_a_better_previous_version(tmp_path):
         assert any(a["kind"] == "performance" for a in result["alerts"])  # 0.99 is out of reach
         assert "rollback" not in result  # but there is no earlier version to go back to
         assert project.registry.resolve("production")["version"] == 1
+
+
+def test_the_monitor_judges_only_the_production_versions_answers(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from tests.serving.conftest import make_project, telco_records
+    from tidal.serving.app import prediction_log_schema
+    from tidal.serving.logbuffer import LogBuffer
+
+    project = make_project(tmp_path / "p", monitoring={"window": 300, "min_samples": 50, "min_labels": 50})
+    _log_traffic(project, 200, offset=3000)  # production's answers, prices as in training
+    # then another version's answers (a canary, or a version pinned to an older API) to pricier customers
+    log = LogBuffer(lake=project.ws.lake, table="predictions", schema=prediction_log_schema(project.spec), capacity=200)
+    later = datetime.now(timezone.utc) + timedelta(minutes=1)
+    for i, rec in enumerate(telco_records(200, offset=3200)):
+        rec["MonthlyCharges"] *= 3
+        log.append({"_id": f"other{i}", "_ts": later + timedelta(milliseconds=i), "_version": 7, "_score": 0.5,
+                    "_prediction": "No", "_decision": "No", **rec})
+    assert log.flush() == 200
+    result = project.monitor()
+    assert result["model_version"] == 1 and result["n_predictions"] == 200  # version 7's rows are not production's
+    assert not result["features"]["MonthlyCharges"]["drifted"], result["features"]["MonthlyCharges"]
+    assert not any(a["kind"] == "drift" for a in result["alerts"])
+    project.close()

@@ -19,12 +19,15 @@ from tidal.training import costs as C
 from tidal.training.dataset import LABEL, LOG_ID, LOG_SCORE, LOG_TS
 
 
-def recent_window(ws: Workspace, size: int) -> pa.Table | None:
+def recent_window(ws: Workspace, size: int, *, version: int | None = None) -> pa.Table | None:
+    """The newest ``size`` answered predictions (shadow scores left out), of model ``version`` only if given."""
     preds = ws.lake.read("predictions")
     if preds is None or preds.num_rows == 0:
         return None
     if "_shadow" in preds.column_names:
         preds = preds.filter(pc.invert(pc.fill_null(preds.column("_shadow"), False)))
+    if version is not None:
+        preds = preds.filter(pc.equal(preds.column("_version"), version))
     preds = preds.sort_by([(LOG_TS, "ascending")])
     return preds.slice(max(0, preds.num_rows - size))
 
@@ -64,7 +67,9 @@ def run_monitor(ws: Workspace, spec: Spec) -> dict[str, Any]:
     """Examine the newest window of predictions; store the result and any alerts; return the result."""
     mon = spec.monitoring
     row, bundle = Registry(ws).load("production")
-    window = recent_window(ws, mon.window)
+    # the production version's own answers: not a canary's, nor those of a version pinned to an
+    # older API (whose clients do not send the newer inputs), judged by this version's reference
+    window = recent_window(ws, mon.window, version=row["version"])
     result: dict[str, Any] = {"model_version": row["version"], "n_predictions": 0, "features": {},
                               "alerts": []}
     if window is None or window.num_rows < mon.min_samples:

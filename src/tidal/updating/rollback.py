@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from tidal.errors import ApprovalRequired
 from tidal.infra.workspace import Workspace
@@ -15,7 +14,7 @@ from tidal.monitoring.monitor import labels_for, recent_window
 from tidal.registry.registry import Registry
 from tidal.spec import Spec
 from tidal.training import costs as C
-from tidal.training.dataset import LOG_ID, LOG_SCORE, LOG_VERSION
+from tidal.training.dataset import LOG_ID, LOG_SCORE
 
 
 def _cost(spec: Spec, signature: dict[str, Any], y: np.ndarray, scores: np.ndarray) -> float:
@@ -36,8 +35,9 @@ def rollback_on_performance(ws: Workspace, spec: Spec, result: dict[str, Any]) -
     earlier = [e for e in registry.history() if e["to_stage"] == "production" and e["version"] != current["version"]]
     if not earlier:
         return None
-    window = recent_window(ws, spec.monitoring.window)
-    window = window.filter(pc.equal(window.column(LOG_VERSION), current["version"]))
+    window = recent_window(ws, spec.monitoring.window, version=current["version"])
+    if window is None:
+        return None
     labels = labels_for(ws, window.column(LOG_ID).combine_chunks())
     ids = window.column(LOG_ID).to_pylist()
     keep = [i for i, pid in enumerate(ids) if pid in labels]
