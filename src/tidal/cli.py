@@ -6,7 +6,6 @@ heavy libraries are imported inside commands so that ``tidal --help`` stays fast
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -713,25 +712,6 @@ def serve(host: Optional[str] = typer.Option(None, help="Address to bind (defaul
         run_server(project.spec, project.ws, host=host, port=port)
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Any:
-    """Within the block, SIGTERM raises KeyboardInterrupt, so that cleanup code runs."""
-    import signal
-    import threading
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @app.command()
 def score(input: str = typer.Argument(..., help="CSV or Parquet file, or Delta table folder, to score."),
           output: Path = typer.Option(..., "--output", "-o", help="Where to write the predictions (*.parquet or *.csv)."),
@@ -750,6 +730,8 @@ def score(input: str = typer.Argument(..., help="CSV or Parquet file, or Delta t
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from tidal.infra.signals import sigterm_raises
+
     columns = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
     with _project(spec) as project, Progress(*columns, disable=quiet or as_json, transient=True) as bar:
@@ -759,7 +741,7 @@ def score(input: str = typer.Argument(..., help="CSV or Parquet file, or Delta t
             speed = bar.tasks[0].speed
             bar.update(task, completed=done, total=total, rate=f"{speed:,.0f} rows/s" if speed else "")
 
-        with _terminate_as_interrupt():  # a SIGTERM removes the temporary output like a Ctrl-C
+        with sigterm_raises(KeyboardInterrupt):  # a SIGTERM removes the temporary output like a Ctrl-C
             report = project.score(input, output, version=version, chunk_rows=chunk_rows, progress=progress,
                                    engine=engine, strict=strict)
     if as_json:

@@ -261,11 +261,11 @@ def test_sigterm_during_cli_scoring_runs_the_cleanup():
     import signal
     import time
 
-    from tidal.cli import _terminate_as_interrupt
+    from tidal.infra.signals import sigterm_raises
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        with _terminate_as_interrupt():
+        with sigterm_raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) is before

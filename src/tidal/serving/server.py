@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import signal
 import sys
-import threading
-from typing import Any
 
 import uvicorn
 
+from tidal.infra.signals import sigterm_raises
 from tidal.infra.workspace import Workspace
 from tidal.serving.app import create_app
 from tidal.spec import Spec
@@ -26,21 +24,6 @@ def serve(spec: Spec, ws: Workspace, *, host: str | None = None, port: int | Non
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
     # found: this one makes that a clean exit (status 0), as a server asked to stop expects
-    previous = _exit_cleanly_on(signal.SIGTERM)
-    try:
+    with sigterm_raises(lambda: SystemExit(0)):
         uvicorn.run(app, host=host or spec.serving.host, port=port or spec.serving.port, log_level=log_level,
                     access_log=False, timeout_graceful_shutdown=10, loop=loop, http=http)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_cleanly_on(signum: int) -> Any:
-    """Make ``signum`` raise SystemExit(0); the previous handler (None off the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def stop(_signum: int, _frame: Any) -> None:
-        raise SystemExit(0)
-
-    return signal.signal(signum, stop)
