@@ -572,8 +572,7 @@ def contract_list(spec: str = SpecOption) -> None:
 def contract_check(version: str = typer.Argument("latest", help="Version number or 'latest'."),
                    spec: str = SpecOption) -> None:
     """Explain whether a model version may serve the newest API version without breaking its clients."""
-    from tidal.errors import StateError
-    from tidal.registry.contracts import check, stored
+    from tidal.registry.contracts import breaking, check, stored
 
     with _project(spec) as project:
         row, bundle = project.registry.load(version)
@@ -581,13 +580,10 @@ def contract_check(version: str = typer.Argument("latest", help="Version number 
         if contract is None:
             typer.echo(f"no contract yet: promoting version {row['version']} will freeze it")
             return
-        problems = check(project.ws, bundle.signature, version=row["version"])
+        problems = check(project.ws, bundle.signature)
     api = contract["api"]
     if problems:
-        raise StateError(f"model version {row['version']} breaks the /{api} contract", problems=problems,
-                         fix=f"make the model keep it, or publish it under a new API version: "
-                             f"`tidal promote {row['version']} --new-api` (/{api}'s clients stay on the version "
-                             "in production)")
+        raise breaking(row["version"], api, problems)
     typer.echo(f"model version {row['version']} keeps the /{api} contract: every request valid under it is accepted "
                "and the response fields are the same")
 

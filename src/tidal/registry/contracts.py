@@ -89,10 +89,18 @@ def stored(ws: Workspace, api: str | None = None) -> dict[str, Any] | None:
     return rows[0]["contract"] if rows else None
 
 
-def check(ws: Workspace, signature: dict[str, Any], *, version: int, api: str | None = None) -> list[Problem]:
+def check(ws: Workspace, signature: dict[str, Any], *, api: str | None = None) -> list[Problem]:
     """Every way ``signature`` breaks the contract of ``api`` (default: the newest API version)."""
     contract = stored(ws, api)
     return [] if contract is None else breaks(contract, signature)
+
+
+def breaking(version: int, api: str, problems: list[Problem]) -> StateError:
+    """The refusal of model ``version``, which breaks the ``api`` contract in ``problems``, with the ways out."""
+    return StateError(f"model version {version} breaks the /{api} contract", problems=problems,
+                      fix=f"make the model keep it (`tidal contract check {version}` explains each break), or promote "
+                          f"it with --new-api to publish it under a new API version: /{api}'s clients stay on the "
+                          "version in production")
 
 
 Write = tuple[sa.Table, Any, dict[str, Any]]  # a row to insert (where None) or update, for MetadataStore.set_stages
@@ -111,9 +119,7 @@ def enforce(ws: Workspace, signature: dict[str, Any], *, version: int, new_api: 
     problems = breaks(contract, signature)
     if not new_api:
         if problems:
-            raise StateError(f"model version {version} breaks the /{api} contract", problems=problems,
-                             fix=f"see `tidal contract check {version}`; to publish it under a new API version while "
-                                 f"/{api}'s clients stay on the version in production, promote it with --new-api")
+            raise breaking(version, api, problems)
         return []
     if not problems:
         raise StateError(f"model version {version} keeps the /{api} contract: a new API version is for a breaking "

@@ -146,7 +146,7 @@ class Registry:
                 f"cannot roll back to model version {previous['version']}: it was rejected by {last['actor']} "
                 f"({last['reason']})", fix="promote an approved version instead", version=previous["version"])
         bundle = load_bundle(previous["bundle_path"], expected_manifest_sha256=previous["manifest_sha256"])
-        problems = contracts.check(self.ws, bundle.signature, version=previous["version"])
+        problems = contracts.check(self.ws, bundle.signature)
         if problems:  # it served before a new API version was published: it cannot answer that one's clients
             api = contracts.stored(self.ws)["api"]  # type: ignore[index]
             raise StateError(f"cannot roll back to model version {previous['version']}: it breaks the /{api} contract "

@@ -229,7 +229,7 @@ class ServerState:
 
     def load_apis(self) -> bool:
         """Read the API versions and load the version pinned to each older one; True if any changed."""
-        every = {c["api"]: c for c in contracts.all_contracts(self.ws)}
+        every = {c["api"]: c for c in contracts.all_contracts(self.ws)}  # oldest first
         if every == self.apis:
             return False
         pins = contracts.pinned(every.values())
@@ -239,7 +239,7 @@ class ServerState:
         pinned = {}
         for api, version in pins.items():
             pinned[api] = loaded.get(version) or Predictor(version=version, bundle=registry.load(version)[1])
-        newest = max(every, key=contracts.api_number) if every else contracts.API_VERSION
+        newest = next(reversed(every), contracts.API_VERSION)
         self.pinned, self.newest_api, self.apis = pinned, newest, every  # a request reads pinned once
         log.info("API versions: /%s answered by production%s", newest,
                  "".join(f", /{a} by version {p.version}" for a, p in pinned.items()))
