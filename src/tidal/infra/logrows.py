@@ -50,6 +50,11 @@ class Chunk:
         self.n = n
 
 
+def rows_in(item: Any) -> int:
+    """How many rows a buffered item holds: a chunk's, or 1 for a row."""
+    return item.n if type(item) is Chunk else 1
+
+
 def to_arrow(schema: pa.Schema, items: Sequence[Any]) -> pa.Table:
     """Buffered rows (tuples and chunks, in order) as an Arrow table of ``schema``, built column by column.
 

@@ -41,7 +41,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from tidal.infra.logrows import ROWS_A_SLAB, Chunk, NullableFloats, to_arrow
+from tidal.infra.logrows import ROWS_A_SLAB, Chunk, NullableFloats, rows_in, to_arrow
 
 __all__ = ["Chunk", "LocalSink", "NullableFloats", "ProcessSink", "WriterFailed", "to_arrow"]
 
@@ -248,7 +248,7 @@ def _commit(writer: Any, schema: pa.Schema, items: Sequence[Any], txn: tuple[str
     A ``resent`` batch that the table already holds (its ``txn`` is in) is not written again."""
     if resent and txn is not None and writer.committed(txn):
         log.warning("a resent log batch was already committed (%s #%d); not written again", *txn)
-        return sum(item.n if type(item) is Chunk else 1 for item in items)
+        return sum(map(rows_in, items))
     data = to_arrow(schema, items)
     writer.append(data, txn=txn)
     return data.num_rows

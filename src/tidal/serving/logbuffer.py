@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from tidal.infra.lake import Lake
-from tidal.infra.logrows import Chunk, to_arrow
+from tidal.infra.logrows import Chunk, rows_in, to_arrow
 from tidal.infra.logwriter import LocalSink, WriterFailed
 
 
@@ -123,7 +123,7 @@ class LogBuffer:
             unfit = self._unfit(batch)
             if not unfit:  # not the rows (a disk, a lock): all of them are kept
                 raise
-            lost = sum(batch[i].n if type(batch[i]) is Chunk else 1 for i in unfit)
+            lost = sum(rows_in(batch[i]) for i in unfit)
             log.warning("%s log: %d row(s) that no %s table can hold were dropped (%s)",
                         self.table, lost, self.table, exc)
             for i in reversed(unfit):
@@ -161,7 +161,7 @@ def _release(batch: list[Any]) -> None:
     freed = 0
     while batch:
         item = batch.pop()
-        freed += item.n if type(item) is Chunk else 1
+        freed += rows_in(item)
         del item
         if freed >= RELEASE_ROWS:
             freed = 0
