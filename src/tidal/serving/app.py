@@ -47,7 +47,7 @@ from tidal.registry.registry import Registry
 from tidal.serving.admin_routes import add_admin_routes
 from tidal.serving.compat_routes import add_compat_routes
 from tidal.serving.ingest_routes import add_ingest_routes
-from tidal.serving.columns import RecordColumns
+from tidal.serving.columns import COLUMNS_FROM, RecordColumns
 from tidal.serving.logbuffer import LogBuffer
 from tidal.serving.predictor import SMALL_BATCH, Predictor
 from tidal.serving.routing import Deployment, LiveStats, breach
@@ -58,7 +58,6 @@ from tidal.spec import Spec
 
 log = logging.getLogger("tidal.serving")
 
-COLUMNS_FROM = 32  # requests of this many records or more are decoded, featurised and logged column-wise
 GC_PAUSE_BYTES = 16_384  # request bodies from this size are scored with the cyclic garbage collector paused
 
 _ARROW = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_(),

@@ -16,6 +16,9 @@ from typing import Any
 
 from tidal.features.pipeline import record_values
 
+# requests of this many records or more are decoded, featurised and logged column-wise (every protocol)
+COLUMNS_FROM = 32
+
 
 class RecordColumns(Sequence[dict[str, Any]]):
     """``n`` records as ``columns``: field name -> a sequence of ``n`` values (None where missing).

@@ -20,14 +20,13 @@ from pydantic import TypeAdapter, ValidationError
 
 import tidal
 from tidal.errors import NotFound, NotReady, Problem, RequestValidationError
-from tidal.serving.columns import RecordColumns
+from tidal.serving.columns import COLUMNS_FROM, RecordColumns
 from tidal.spec import Spec
 
 _OIP_TYPES = {"numeric": "FP64", "categorical": "BYTES", "boolean": "BOOL", "datetime": "BYTES"}
 _NUMERIC = {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
 _NUMPY = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "i1", "UINT64": "<u8",
           "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1", "BOOL": "?"}
-COLUMNS_FROM = 32  # requests of this many rows or more may skip the record model (:func:`_oip_columns`)
 
 
 def _json(data: Any, status: int = 200) -> Response:
